@@ -1,0 +1,106 @@
+"""The thin dask layer: one map-reduce pass over the row chunks of an array.
+
+A pass applies a numpy kernel to every row chunk, adds the results up in a
+fixed tree of :func:`~dask_gmm._kernels.combine_stats` tasks and computes the
+root with one ``dask.compute`` call, on whatever scheduler is active (a
+``distributed.Client`` if one is, dask's threads otherwise). Only the reduced
+statistics, O(K·D²) numbers, come back to the client.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import dask
+import numpy as np
+
+from ._kernels import combine_stats
+
+DEFAULT_SPLIT_EVERY = 8
+
+
+def split_every():
+    """Fan-in of the combine tree: dask's ``split_every`` setting, else 8."""
+    value = dask.config.get("split_every", None)
+    if isinstance(value, Integral) and value >= 2:
+        return int(value)
+    return DEFAULT_SPLIT_EVERY
+
+
+class ChunkedRows:
+    """A row-chunked dask array (and optional row weights) as delayed blocks.
+
+    The blocks are taken from the array once per fit, so every pass reuses the
+    same keys: passes built from one ``ChunkedRows`` share chunk reads when
+    they are computed together.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features)
+        Validated: one chunk along the features, known row chunks.
+    sample_weight : dask.array.Array of shape (n_samples,) or None
+    """
+
+    def __init__(self, X, sample_weight=None):
+        self.array = X
+        self.blocks = list(X.to_delayed().ravel())
+        row_chunks = X.chunks[0]
+        self.row_starts = np.concatenate([[0], np.cumsum(row_chunks)[:-1]]).astype(int)
+        if sample_weight is None:
+            self.weight_blocks = [None] * len(self.blocks)
+        else:
+            sample_weight = sample_weight.rechunk((row_chunks,))
+            self.weight_blocks = list(sample_weight.to_delayed().ravel())
+
+    @property
+    def n_chunks(self):
+        return len(self.blocks)
+
+    def map_reduce(self, kernel, *shared, per_chunk=None):
+        """Build (without computing) one pass: ``kernel`` on every chunk, then a tree sum.
+
+        Parameters
+        ----------
+        kernel : callable
+            ``kernel(block, *shared, sample_weight=, row_start=, chunk_index=,
+            **per_chunk[i])`` returning :class:`~dask_gmm._kernels.SuffStats`.
+        *shared : objects
+            Passed to every chunk task; each is put into the graph once.
+        per_chunk : list of dict or None
+            Extra keyword arguments, one dict per chunk (e.g. random seeds).
+
+        Returns
+        -------
+        dask.delayed.Delayed
+            The reduced statistics.
+        """
+        shared = [dask.delayed(s, traverse=False) for s in shared]
+        task = dask.delayed(kernel, pure=True)
+        parts = []
+        for i, (block, weight) in enumerate(zip(self.blocks, self.weight_blocks)):
+            extra = per_chunk[i] if per_chunk is not None else {}
+            parts.append(
+                task(
+                    block,
+                    *shared,
+                    sample_weight=weight,
+                    row_start=int(self.row_starts[i]),
+                    chunk_index=i,
+                    **extra,
+                )
+            )
+        return tree_sum(parts)
+
+
+def tree_sum(parts):
+    """Reduce delayed statistics with ``combine_stats`` in a fixed-order tree."""
+    fan_in = split_every()
+    combine = dask.delayed(combine_stats, pure=True)
+    while len(parts) > 1:
+        parts = [combine(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return parts[0]
+
+
+def compute(*delayed_objects):
+    """Compute several passes together, so they share their chunk reads."""
+    return dask.compute(*delayed_objects)

@@ -1,0 +1,181 @@
+"""Initial parameters that never load the whole data.
+
+Each strategy mirrors one of scikit-learn's ``init_params`` and reads the data
+at most a few times through the same chunk/combine engine as EM:
+
+- ``'kmeans'``: k-means on a random sample of rows (scikit-learn's ``KMeans``,
+  seeded with k-means++), then Lloyd steps over all chunks until the centers
+  settle, then one pass of hard-assignment statistics whose M-step gives the
+  initial weights, means and covariances.
+- ``'k-means++'``: k-means++ seeds picked from the sample become the means.
+- ``'random_from_data'``: randomly chosen rows become the means.
+- ``'random'``: random responsibilities per row (one seed per chunk, drawn up
+  front) turned into parameters by one M-step.
+
+For the last three, as in scikit-learn, the covariances start at ``reg_covar``
+(the statistics of a single row per component).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.cluster import KMeans, kmeans_plusplus
+
+from ._engine import compute
+from ._kernels import (
+    Params,
+    check_finite_rows,
+    hard_assignment_stats,
+    m_step,
+    precision_cholesky,
+    responsibility_stats,
+)
+
+logger = logging.getLogger(__name__)
+
+# Rows drawn for k-means seeding; data no larger is used whole.
+KMEANS_SAMPLE_ROWS = 50_000
+# Lloyd passes over all chunks after the sample's k-means.
+KMEANS_MAX_PASSES = 30
+# As scikit-learn's KMeans: stop when centers move less than this times the
+# mean feature variance.
+KMEANS_TOL = 1e-4
+
+
+def draw_rows(data, indices):
+    """Fetch rows by index in one pass, in the order given.
+
+    Parameters
+    ----------
+    data : ChunkedRows
+    indices : ndarray of int
+
+    Returns
+    -------
+    ndarray of shape (len(indices), n_features), float64
+    """
+    order = np.argsort(indices)
+    rows = np.asarray(data.array[indices[order]].compute(), dtype=np.float64)
+    check_finite_rows(rows, 0)  # row numbers are within the sample here
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+def _sample(data, random_state):
+    n_samples = data.array.shape[0]
+    if n_samples <= KMEANS_SAMPLE_ROWS:
+        return np.asarray(data.array.compute(), dtype=np.float64), True
+    indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
+    return draw_rows(data, np.sort(indices)), False
+
+
+def _seed_params(means, covariance_type, reg_covar, eps):
+    """Parameters of one row per component: the k-means++ and random_from_data start."""
+    n_components, n_features = means.shape
+    mass = 1.0 + 10 * eps
+    local = means / mass
+    variances = np.full((n_components, n_features), reg_covar) + (
+        means**2 / mass - local**2
+    )
+    if covariance_type == "full":
+        cov = np.zeros((n_components, n_features, n_features))
+        cov[:, np.arange(n_features), np.arange(n_features)] = reg_covar
+    elif covariance_type == "tied":
+        cov = np.eye(n_features) * reg_covar
+    elif covariance_type == "diag":
+        cov = variances
+    else:
+        cov = variances.mean(axis=1)
+    return Params(
+        weights=np.full(n_components, 1.0 / n_components),
+        means=local,
+        prec_chol=precision_cholesky(cov, covariance_type),
+        covariance_type=covariance_type,
+        covariances=cov,
+    )
+
+
+def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
+                   random_state):
+    sample, whole = _sample(data, random_state)
+    km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
+    centers = km.fit(sample).cluster_centers_
+    shift = sample.mean(axis=0)
+    if not whole:
+        tol = KMEANS_TOL * sample.var(axis=0).mean()
+        for n_pass in range(1, KMEANS_MAX_PASSES + 1):
+            (stats,) = compute(
+                data.map_reduce(
+                    hard_assignment_stats, centers, covariance_type, shift,
+                    second_moments=False,
+                )
+            )
+            filled = stats.nk > 0
+            new_centers = centers.copy()
+            new_centers[filled] = shift + stats.s1[filled] / stats.nk[filled, None]
+            moved = ((new_centers - centers) ** 2).sum()
+            centers = new_centers
+            logger.debug("k-means pass %d: centers moved %.3g", n_pass, moved)
+            if moved <= tol:
+                break
+    (stats,) = compute(
+        data.map_reduce(hard_assignment_stats, centers, covariance_type, shift)
+    )
+    params, _ = m_step(stats, covariance_type, reg_covar, eps, f32)
+    return params
+
+
+def _random_resp_stats(X, n_components, covariance_type, shift, *, seed,
+                       sample_weight=None, row_start=0, chunk_index=None):
+    rng = np.random.default_rng(seed)
+    resp = rng.uniform(size=(X.shape[0], n_components))
+    resp /= resp.sum(axis=1, keepdims=True)
+    return responsibility_stats(X, resp, covariance_type, shift, sample_weight,
+                                row_start, chunk_index)
+
+
+def initial_params(data, init_params, n_components, covariance_type, reg_covar,
+                   eps, float32_input, random_state):
+    """Initial parameters from the data by one of the ``init_params`` strategies.
+
+    Parameters
+    ----------
+    data : ChunkedRows
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
+    n_components : int
+    covariance_type : str
+    reg_covar : float
+    eps : float
+        Machine epsilon of the input dtype.
+    float32_input : bool
+    random_state : numpy.random.RandomState
+
+    Returns
+    -------
+    Params
+    """
+    n_samples = data.array.shape[0]
+    if init_params == "kmeans":
+        return _kmeans_params(data, n_components, covariance_type, reg_covar, eps,
+                              float32_input, random_state)
+    if init_params == "k-means++":
+        sample, _ = _sample(data, random_state)
+        centers, _ = kmeans_plusplus(sample, n_components, random_state=random_state)
+        return _seed_params(centers, covariance_type, reg_covar, eps)
+    if init_params == "random_from_data":
+        indices = random_state.choice(n_samples, size=n_components, replace=False)
+        return _seed_params(draw_rows(data, indices), covariance_type, reg_covar, eps)
+    # 'random'
+    shift = np.asarray(data.array[0].compute(), dtype=np.float64)
+    seeds = random_state.randint(np.iinfo(np.int32).max, size=data.n_chunks)
+    (stats,) = compute(
+        data.map_reduce(
+            _random_resp_stats, n_components, covariance_type, shift,
+            per_chunk=[{"seed": int(s)} for s in seeds],
+        )
+    )
+    params, _ = m_step(stats, covariance_type, reg_covar, eps, float32_input)
+    return params

@@ -1,0 +1,280 @@
+"""Input checks at the public edge: arrays, sample weights, initial parameters.
+
+Everything here raises before any pass over the data starts. Messages follow
+scikit-learn's wording where scikit-learn has one, so users who swap the import
+see what they know.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import check_array, validate_data
+
+# Target size of one row chunk when we chunk an array ourselves.
+TARGET_CHUNK_BYTES = 64 * 2**20
+MIN_CHUNK_ROWS = 4096
+
+
+def _is_lazy_store(X):
+    """zarr arrays and h5py datasets: wrapped lazily, never loaded whole."""
+    module = type(X).__module__.split(".")[0]
+    return module in ("zarr", "h5py") and hasattr(X, "shape") and hasattr(X, "dtype")
+
+
+def is_dask_collection(X):
+    return isinstance(X, da.Array)
+
+
+def numpy_row_chunks(n_samples, n_features, itemsize):
+    """Row chunk size for in-memory data: enough chunks to keep every core busy."""
+    cores = os.cpu_count() or 1
+    by_cores = math.ceil(n_samples / (4 * cores))
+    by_bytes = max(1, TARGET_CHUNK_BYTES // max(1, n_features * itemsize))
+    return int(max(MIN_CHUNK_ROWS, min(by_cores, by_bytes)))
+
+
+def store_row_chunks(store):
+    """Row chunk size for a zarr/HDF5 array: whole storage chunks, about 64 MiB."""
+    n_samples, n_features = store.shape
+    storage_rows = None
+    chunks = getattr(store, "chunks", None)
+    if chunks:
+        storage_rows = chunks[0]
+    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * store.dtype.itemsize))
+    if storage_rows:
+        target = max(storage_rows, (target // storage_rows) * storage_rows)
+    return int(min(max(target, 1), max(n_samples, 1)))
+
+
+def as_dask_array(X):
+    """Wrap a zarr array or h5py dataset as a row-chunked dask array."""
+    if X.ndim != 2:
+        raise ValueError(
+            f"Expected 2D array, got {X.ndim}D array instead with shape {X.shape}."
+        )
+    return da.from_array(X, chunks=(store_row_chunks(X), X.shape[1]))
+
+
+def _check_dtype(dtype, name="X"):
+    if dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {dtype}.")
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} has dtype {dtype}, which is not numeric. Convert it to "
+            f"numbers first, e.g. {name}.astype('float64')."
+        )
+
+
+def check_dask_array(X, estimator_name, ensure_min_samples=1):
+    """Validate a dask array without reading it.
+
+    Parameters
+    ----------
+    X : dask.array.Array
+    estimator_name : str
+        For messages.
+    ensure_min_samples : int
+
+    Returns
+    -------
+    dask.array.Array
+        float32 or float64, unchanged when it already was.
+    """
+    meta = da.utils.meta_from_array(X)
+    if sp.issparse(meta) or type(meta).__module__.startswith("sparse"):
+        raise TypeError(
+            "Sparse data was passed for X, but dense data is required. Use "
+            "X.map_blocks(lambda b: b.toarray()) to convert the chunks to dense "
+            "numpy arrays."
+        )
+    if X.ndim != 2:
+        raise ValueError(
+            f"Expected 2D array, got {X.ndim}D array instead with shape {X.shape}. "
+            "Reshape your data either using array.reshape(-1, 1) if your data has "
+            "a single feature or array.reshape(1, -1) if it contains a single sample."
+        )
+    _check_dtype(X.dtype)
+    if any(math.isnan(c) for c in X.chunks[0]):
+        raise ValueError(
+            "X has unknown chunk sizes along the rows. Call X.compute_chunk_sizes() "
+            "first."
+        )
+    n_samples, n_features = X.shape
+    if n_samples < ensure_min_samples:
+        raise ValueError(
+            f"Found array with {n_samples} sample(s) (shape={X.shape}) while a "
+            f"minimum of {ensure_min_samples} is required by {estimator_name}."
+        )
+    if n_features < 1:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 "
+            f"is required by {estimator_name}."
+        )
+    if len(X.chunks[1]) > 1:
+        raise ValueError(
+            f"X is chunked along the features (chunks={X.chunks[1]}), but every row "
+            "must lie whole in one chunk. Use "
+            f"'X = X.rechunk({{1: {n_features}}})' (or 'X.rechunk({{1: -1}})') first."
+        )
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return X
+
+
+def check_X(estimator, X, reset, ensure_min_samples=1):
+    """Validate ``X`` for fit (``reset=True``) or for prediction.
+
+    numpy-like input goes through scikit-learn's ``validate_data`` and stays
+    numpy; dask arrays, zarr arrays and h5py datasets become validated dask
+    arrays. Sets ``n_features_in_`` when ``reset``.
+
+    Returns
+    -------
+    X : ndarray or dask.array.Array
+    lazy : bool
+        True when ``X`` is a dask array.
+    """
+    if _is_lazy_store(X):
+        X = as_dask_array(X)
+    if not is_dask_collection(X):
+        X = validate_data(
+            estimator,
+            X,
+            dtype=[np.float64, np.float32],
+            ensure_min_samples=ensure_min_samples,
+            reset=reset,
+        )
+        return X, False
+    X = check_dask_array(X, type(estimator).__name__, ensure_min_samples)
+    n_features = X.shape[1]
+    if reset:
+        estimator.n_features_in_ = n_features
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    elif n_features != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {n_features} features, but {type(estimator).__name__} is "
+            f"expecting {estimator.n_features_in_} features as input."
+        )
+    return X, True
+
+
+def check_sample_weight(sample_weight, X, lazy):
+    """Validate per-row weights: 1-D, one per row, finite and non-negative.
+
+    Returns
+    -------
+    ndarray, dask.array.Array or None
+    """
+    if sample_weight is None:
+        return None
+    n_samples = X.shape[0]
+    if is_dask_collection(sample_weight):
+        if sample_weight.ndim != 1 or sample_weight.shape[0] != n_samples:
+            raise ValueError(
+                f"sample_weight.shape == {sample_weight.shape}, expected "
+                f"({n_samples},)!"
+            )
+        _check_dtype(sample_weight.dtype, "sample_weight")
+        low, total, finite = da.compute(
+            sample_weight.min(), sample_weight.sum(), da.isfinite(sample_weight).all()
+        )
+    else:
+        if np.isscalar(sample_weight):
+            sample_weight = np.full(n_samples, sample_weight, dtype=np.float64)
+        sample_weight = check_array(
+            sample_weight,
+            ensure_2d=False,
+            dtype=np.float64,
+            ensure_all_finite=False,
+            input_name="sample_weight",
+        )
+        if sample_weight.ndim != 1 or sample_weight.shape[0] != n_samples:
+            raise ValueError(
+                f"sample_weight.shape == {sample_weight.shape}, expected "
+                f"({n_samples},)!"
+            )
+        low, total = sample_weight.min(), sample_weight.sum()
+        finite = np.isfinite(sample_weight).all()
+    if not finite:
+        raise ValueError("sample_weight contains NaN or infinity.")
+    if low < 0:
+        raise ValueError("Negative values in data passed to sample_weight.")
+    if total <= 0:
+        raise ValueError("sample_weight must sum to a positive number.")
+    if lazy and not is_dask_collection(sample_weight):
+        sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
+    return sample_weight
+
+
+# ---------------------------------------------------------------------------
+# User-given initial parameters, checked as scikit-learn checks them.
+
+
+def _check_shape(param, shape, name):
+    if param.shape != shape:
+        raise ValueError(
+            f"The parameter '{name}' should have the shape of {shape}, but got "
+            f"{param.shape}"
+        )
+
+
+def check_weights(weights, n_components):
+    weights = check_array(weights, dtype=[np.float64, np.float32], ensure_2d=False)
+    _check_shape(weights, (n_components,), "weights")
+    if np.any(weights < 0.0) or np.any(weights > 1.0):
+        raise ValueError(
+            "The parameter 'weights' should be in the range [0, 1], but got max "
+            f"value {np.max(weights):.5f}, min value {np.min(weights):.5f}"
+        )
+    atol = 1e-6 if weights.dtype == np.float32 else 1e-8
+    if not np.allclose(np.abs(1.0 - np.sum(weights)), 0.0, atol=atol):
+        raise ValueError(
+            "The parameter 'weights' should be normalized, but got sum(weights) = "
+            f"{np.sum(weights):.5f}"
+        )
+    return weights
+
+
+def check_means(means, n_components, n_features):
+    means = check_array(means, dtype=[np.float64, np.float32], ensure_2d=False)
+    _check_shape(means, (n_components, n_features), "means")
+    return means
+
+
+def _check_precision_matrix(precision, covariance_type):
+    if not (
+        np.allclose(precision, precision.T) and np.all(np.linalg.eigvalsh(precision) > 0)
+    ):
+        raise ValueError(
+            f"'{covariance_type} precision' should be symmetric, positive-definite"
+        )
+
+
+def check_precisions(precisions, covariance_type, n_components, n_features):
+    precisions = check_array(
+        precisions,
+        dtype=[np.float64, np.float32],
+        ensure_2d=False,
+        allow_nd=covariance_type == "full",
+    )
+    shapes = {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }
+    _check_shape(precisions, shapes[covariance_type], f"{covariance_type} precision")
+    if covariance_type == "full":
+        for precision in precisions:
+            _check_precision_matrix(precision, covariance_type)
+    elif covariance_type == "tied":
+        _check_precision_matrix(precisions, covariance_type)
+    elif np.any(precisions <= 0.0):
+        raise ValueError(f"'{covariance_type} precision' should be positive")
+    return precisions

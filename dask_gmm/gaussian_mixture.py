@@ -1,0 +1,561 @@
+"""``GaussianMixture``: scikit-learn's estimator, fitted one chunk pass per EM round."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from numbers import Integral, Real
+from time import perf_counter
+
+import dask.array as da
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from . import _kernels as K
+from ._engine import ChunkedRows, compute
+from ._init import initial_params
+from ._validation import (
+    check_means,
+    check_precisions,
+    check_sample_weight,
+    check_weights,
+    check_X,
+    numpy_row_chunks,
+)
+
+logger = logging.getLogger("dask_gmm")
+
+_COVARIANCE_SHAPES = {
+    "full": "(n_components, n_features, n_features)",
+    "tied": "(n_features, n_features)",
+    "diag": "(n_components, n_features)",
+    "spherical": "(n_components,)",
+}
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A constructor parameter has a wrong type or value (as in scikit-learn)."""
+
+
+def _check_int(name, value, low, owner):
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be an int in the range "
+            f"[{low}, inf). Got {value!r} instead."
+        )
+
+
+def _check_real(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be a float in the range "
+            f"[0.0, inf). Got {value!r} instead."
+        )
+
+
+def _check_option(name, value, options, owner):
+    if not isinstance(value, str) or value not in options:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be a str among "
+            f"{set(options)}. Got {value!r} instead."
+        )
+
+
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture fitted by EM over the chunks of a (possibly huge) array.
+
+    A drop-in replacement for :class:`sklearn.mixture.GaussianMixture`: the same
+    parameters, defaults, fitted attributes, methods and messages. ``X`` may be
+    a numpy array, a dask array chunked along the rows, a zarr array or an
+    h5py dataset; the data are never loaded whole. Each EM iteration is one
+    pass over the chunks: a numpy kernel per chunk computes the E-step and the
+    sufficient statistics, a tree of tasks adds them up, and the M-step runs on
+    the client. The active ``distributed.Client`` is used if there is one,
+    dask's threads otherwise.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        The number of mixture components.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+        'full': one general covariance matrix per component; 'tied': one
+        matrix shared by all components; 'diag': one diagonal covariance per
+        component; 'spherical': one variance per component.
+    tol : float, default=1e-3
+        EM stops when the mean per-sample log-likelihood gains less than this.
+    reg_covar : float, default=1e-6
+        Non-negative value added to the diagonal of every covariance.
+    max_iter : int, default=100
+        The number of EM iterations to perform.
+    n_init : int, default=1
+        The number of initialisations to perform; the best result is kept.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, \
+            default='kmeans'
+        How weights, means and precisions are initialised. 'kmeans' runs
+        k-means on a sample of rows and refines the centers with Lloyd steps
+        over all chunks; 'k-means++' and 'random_from_data' pick rows as means;
+        'random' draws random responsibilities.
+    weights_init : array-like of shape (n_components,), default=None
+        User-provided initial weights.
+    means_init : array-like of shape (n_components, n_features), default=None
+        User-provided initial means.
+    precisions_init : array-like, default=None
+        User-provided initial precisions (inverse covariances), shaped as
+        ``precisions_``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation and :meth:`sample`.
+    warm_start : bool, default=False
+        Start the next ``fit`` from the last solution (``n_init`` is ignored).
+    verbose : int, default=0
+        1 prints the initialisations and iterations, 2 also timings and the
+        change of the lower bound.
+    verbose_interval : int, default=10
+        Iterations between messages.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_ : ndarray
+        full ``(n_components, n_features, n_features)``, tied ``(n_features,
+        n_features)``, diag ``(n_components, n_features)``, spherical
+        ``(n_components,)``.
+    precisions_ : ndarray
+        Inverses of the covariances, shaped as ``covariances_``.
+    precisions_cholesky_ : ndarray
+        Cholesky factors of the precisions, shaped as ``covariances_``.
+    converged_ : bool
+    n_iter_ : int
+        EM iterations of the best initialisation.
+    lower_bound_ : float
+        Mean log-likelihood of the training data under the best fit (from the
+        last iteration's E-step, as in scikit-learn).
+    lower_bounds_ : list of float
+        ``lower_bound`` after each iteration of the best initialisation.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only for input with string feature names (pandas).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from dask_gmm import GaussianMixture
+    >>> X = da.random.default_rng(0).normal(size=(100_000, 4), chunks=(25_000, 4))
+    >>> gm = GaussianMixture(n_components=2, random_state=0).fit(X)
+    >>> labels = gm.predict(X)  # lazy, chunked like X
+    """
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+
+    # ------------------------------------------------------------------ checks
+
+    def _validate_hyperparameters(self):
+        owner = type(self).__name__
+        _check_int("n_components", self.n_components, 1, owner)
+        _check_option("covariance_type", self.covariance_type, K.COVARIANCE_TYPES, owner)
+        _check_real("tol", self.tol, owner)
+        _check_real("reg_covar", self.reg_covar, owner)
+        _check_int("max_iter", self.max_iter, 0, owner)
+        _check_int("n_init", self.n_init, 1, owner)
+        _check_option(
+            "init_params",
+            self.init_params,
+            ("kmeans", "k-means++", "random", "random_from_data"),
+            owner,
+        )
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"The 'warm_start' parameter of {owner} must be an instance of "
+                f"'bool'. Got {self.warm_start!r} instead."
+            )
+        _check_int("verbose", self.verbose, 0, owner)
+        _check_int("verbose_interval", self.verbose_interval, 1, owner)
+
+    def _checked_initial_values(self, n_features):
+        """User-given initial weights, means and precisions, validated."""
+        weights = means = precisions = None
+        if self.weights_init is not None:
+            weights = check_weights(self.weights_init, self.n_components)
+        if self.means_init is not None:
+            means = check_means(self.means_init, self.n_components, n_features)
+        if self.precisions_init is not None:
+            precisions = check_precisions(
+                self.precisions_init, self.covariance_type, self.n_components, n_features
+            )
+        return weights, means, precisions
+
+    # --------------------------------------------------------------------- fit
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Estimate the model parameters with the EM algorithm.
+
+        Fits ``n_init`` times and keeps the initialisation with the largest
+        lower bound. Each EM iteration reads every chunk of ``X`` once.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or h5py dataset of shape \
+                (n_samples, n_features)
+        y : Ignored
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Non-negative weight of each row; an integer weight counts as that
+            many copies of the row.
+
+        Returns
+        -------
+        self : GaussianMixture
+        """
+        snapshot = dict(self.__dict__)
+        try:
+            self._fit(X, sample_weight)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(snapshot)
+            raise
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then label every row with the final parameters.
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,)
+            Lazy (a dask array chunked like ``X``) for dask input.
+        """
+        return self.fit(X, y, sample_weight=sample_weight).predict(X)
+
+    def _fit(self, X, sample_weight):
+        self._validate_hyperparameters()
+        X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
+        n_samples, n_features = X.shape
+        if n_samples < self.n_components:
+            raise ValueError(
+                "Expected n_samples >= n_components "
+                f"but got n_components = {self.n_components}, "
+                f"n_samples = {n_samples}"
+            )
+        user_weights, user_means, user_precisions = self._checked_initial_values(
+            n_features
+        )
+        sample_weight = check_sample_weight(sample_weight, X, lazy)
+        dtype = X.dtype
+        if not lazy:
+            rows = numpy_row_chunks(n_samples, n_features, dtype.itemsize)
+            X = da.from_array(X, chunks=(rows, n_features))
+            if sample_weight is not None:
+                sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
+        data = ChunkedRows(X, sample_weight)
+
+        eps = float(np.finfo(dtype).eps)
+        float32_input = dtype == np.float32
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        n_init = self.n_init if do_init else 1
+        random_state = check_random_state(self.random_state)
+
+        best = None
+        for init in range(n_init):
+            self._verbose_init_begin(init)
+            if do_init:
+                params = self._initial_params(
+                    data, random_state, eps, float32_input,
+                    user_weights, user_means, user_precisions,
+                )
+                lower_bound = -np.inf
+            else:
+                params = self._current_params()
+                lower_bound = self.lower_bound_
+            params, lower_bound, lower_bounds, n_iter, converged = self._em(
+                data, params, lower_bound, eps, float32_input
+            )
+            if best is None or lower_bound > best[1]:
+                best = (params, lower_bound, lower_bounds, n_iter, converged)
+
+        params, lower_bound, lower_bounds, n_iter, converged = best
+        if not converged and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. "
+                "Try different init parameters, or increase max_iter, "
+                "tol, or check for degenerate data.",
+                ConvergenceWarning,
+            )
+        self._set_params_from(params, dtype)
+        self.converged_ = converged
+        self.n_iter_ = n_iter
+        self.lower_bound_ = lower_bound
+        self.lower_bounds_ = lower_bounds
+        return self
+
+    def _initial_params(self, data, random_state, eps, float32_input,
+                        user_weights, user_means, user_precisions):
+        """Start from the user's values, filling the rest by ``init_params``."""
+        cov_type = self.covariance_type
+        if user_weights is None or user_means is None or user_precisions is None:
+            params = initial_params(
+                data, self.init_params, self.n_components, cov_type, self.reg_covar,
+                eps, float32_input, random_state,
+            )
+        else:
+            params = K.Params(None, None, None, cov_type)
+        if user_weights is not None:
+            params.weights = np.asarray(user_weights, dtype=np.float64)
+        if user_means is not None:
+            params.means = np.asarray(user_means, dtype=np.float64)
+        if user_precisions is not None:
+            params.prec_chol = K.precision_cholesky_from_precisions(
+                np.asarray(user_precisions, dtype=np.float64), cov_type
+            )
+            params.covariances = None
+        return params
+
+    def _em(self, data, params, lower_bound, eps, float32_input):
+        """Run EM from ``params``: one chunk pass (E-step + sums) per iteration."""
+        lower_bounds = []
+        converged = False
+        n_iter = 0
+        for n_iter in range(1, self.max_iter + 1):
+            start = perf_counter()
+            previous = lower_bound
+            (stats,) = compute(
+                data.map_reduce(K.e_step_stats, params, params.shift)
+            )
+            params, lower_bound = K.m_step(
+                stats, self.covariance_type, self.reg_covar, eps, float32_input
+            )
+            lower_bounds.append(lower_bound)
+            change = lower_bound - previous
+            logger.debug(
+                "EM iteration %d: lower bound %.6f, change %.3g, %.3fs",
+                n_iter, lower_bound, change, perf_counter() - start,
+            )
+            self._verbose_iter_end(n_iter, change)
+            if abs(change) < self.tol:
+                converged = True
+                break
+        if self.max_iter > 0:
+            self._verbose_init_end(lower_bound, converged)
+        return params, lower_bound, lower_bounds, n_iter, converged
+
+    # ---------------------------------------------------------- verbose output
+    # The same lines as scikit-learn prints; verbose output was asked for.
+
+    def _verbose_init_begin(self, init):
+        if self.verbose >= 1:
+            print(f"Initialization {init}")
+            self._init_prev_time = self._iter_prev_time = perf_counter()
+
+    def _verbose_iter_end(self, n_iter, change):
+        if self.verbose >= 1 and n_iter % self.verbose_interval == 0:
+            if self.verbose == 1:
+                print(f"  Iteration {n_iter}")
+            else:
+                now = perf_counter()
+                print(
+                    f"  Iteration {n_iter}\t time lapse "
+                    f"{now - self._iter_prev_time:.5f}s\t ll change {change:.5f}"
+                )
+                self._iter_prev_time = now
+
+    def _verbose_init_end(self, lower_bound, converged):
+        message = "converged" if converged else "did not converge"
+        if self.verbose == 1:
+            print(f"Initialization {message}.")
+        elif self.verbose >= 2:
+            elapsed = perf_counter() - self._init_prev_time
+            print(
+                f"Initialization {message}. time lapse {elapsed:.5f}s\t lower bound"
+                f" {lower_bound:.5f}."
+            )
+
+    # ------------------------------------------------------ parameters <-> attrs
+
+    def _set_params_from(self, params, dtype):
+        cov_type = self.covariance_type
+        covariances = params.covariances
+        if covariances is None:
+            covariances = K.covariances_from_cholesky(params.prec_chol, cov_type)
+        self.weights_ = params.weights.astype(dtype)
+        self.means_ = params.means.astype(dtype)
+        self.covariances_ = covariances.astype(dtype)
+        self.precisions_cholesky_ = params.prec_chol.astype(dtype)
+        self.precisions_ = K.precisions_from_cholesky(params.prec_chol, cov_type).astype(
+            dtype
+        )
+
+    def _current_params(self):
+        """The fitted parameters in float64, as the kernels take them."""
+        return K.Params(
+            weights=np.asarray(self.weights_, dtype=np.float64),
+            means=np.asarray(self.means_, dtype=np.float64),
+            prec_chol=np.asarray(self.precisions_cholesky_, dtype=np.float64),
+            covariance_type=self.covariance_type,
+            covariances=np.asarray(self.covariances_, dtype=np.float64),
+        )
+
+    # -------------------------------------------------------------- prediction
+
+    def _rowwise(self, X, block_fn, dtype_out, extra_dim=None):
+        """Apply ``block_fn(block, params)`` lazily on dask input, eagerly otherwise."""
+        check_is_fitted(self)
+        X, lazy = check_X(self, X, reset=False)
+        params = self._current_params()
+        if not lazy:
+            return block_fn(X, params)
+        if extra_dim is None:
+            return X.map_blocks(block_fn, params, drop_axis=1, dtype=dtype_out)
+        return X.map_blocks(
+            block_fn, params, chunks=(X.chunks[0], (extra_dim,)), dtype=dtype_out
+        )
+
+    def predict(self, X):
+        """Most likely component of each row.
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,), int64
+        """
+        return self._rowwise(X, K.predict_block, np.int64)
+
+    def predict_proba(self, X):
+        """Posterior probability of each component for each row.
+
+        Returns
+        -------
+        resp : ndarray or dask array of shape (n_samples, n_components)
+        """
+        dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
+
+        def block_fn(block, params):
+            return K.predict_proba_block(block, params, block.dtype)
+
+        return self._rowwise(X, block_fn, dtype, extra_dim=self._n_components_fitted())
+
+    def score_samples(self, X):
+        """Log-likelihood of each row under the model.
+
+        Returns
+        -------
+        log_prob : ndarray or dask array of shape (n_samples,)
+        """
+
+        def block_fn(block, params):
+            return K.score_samples_block(block, params, block.dtype)
+
+        dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
+        return self._rowwise(X, block_fn, dtype)
+
+    def _n_components_fitted(self):
+        return self.means_.shape[0] if hasattr(self, "means_") else None
+
+    def score(self, X, y=None):
+        """Mean per-row log-likelihood of ``X`` (computed, even for dask input).
+
+        Returns
+        -------
+        float
+        """
+        log_prob = self.score_samples(X)
+        return float(log_prob.mean().compute() if hasattr(log_prob, "dask") else
+                     log_prob.mean())
+
+    def _n_parameters(self):
+        """Free parameters of the model, counted as scikit-learn counts them."""
+        n_components, n_features = self.means_.shape
+        cov_params = {
+            "full": n_components * n_features * (n_features + 1) / 2.0,
+            "diag": n_components * n_features,
+            "tied": n_features * (n_features + 1) / 2.0,
+            "spherical": n_components,
+        }[self.covariance_type]
+        return int(cov_params + n_features * n_components + n_components - 1)
+
+    def bic(self, X):
+        """Bayesian information criterion on ``X``; lower is better.
+
+        Returns
+        -------
+        float
+        """
+        n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
+        return -2 * self.score(X) * n_samples + self._n_parameters() * math.log(
+            n_samples
+        )
+
+    def aic(self, X):
+        """Akaike information criterion on ``X``; lower is better.
+
+        Returns
+        -------
+        float
+        """
+        n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
+        return -2 * self.score(X) * n_samples + 2 * self._n_parameters()
+
+    def sample(self, n_samples=1):
+        """Draw random rows from the fitted mixture.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each row came from.
+        """
+        check_is_fitted(self)
+        if n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples} . The sampling requires "
+                "at least one sample."
+            )
+        n_features = self.means_.shape[1]
+        rng = check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, np.asarray(self.weights_, np.float64))
+        rows = []
+        for k, count in enumerate(counts):
+            mean = self.means_[k]
+            if self.covariance_type == "full":
+                rows.append(rng.multivariate_normal(mean, self.covariances_[k], count))
+            elif self.covariance_type == "tied":
+                rows.append(rng.multivariate_normal(mean, self.covariances_, count))
+            else:
+                scale = np.sqrt(self.covariances_[k])
+                rows.append(mean + rng.standard_normal(size=(count, n_features)) * scale)
+        labels = np.concatenate([np.full(c, k, dtype=np.int64) for k, c in enumerate(counts)])
+        return np.vstack(rows).astype(np.float64), labels
