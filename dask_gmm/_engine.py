@@ -56,7 +56,7 @@ class ChunkedRows:
     def n_chunks(self):
         return len(self.blocks)
 
-    def map_reduce(self, kernel, *shared, per_chunk=None):
+    def map_reduce(self, kernel, *shared, per_chunk=None, **options):
         """Build (without computing) one pass: ``kernel`` on every chunk, then a tree sum.
 
         Parameters
@@ -68,6 +68,8 @@ class ChunkedRows:
             Passed to every chunk task; each is put into the graph once.
         per_chunk : list of dict or None
             Extra keyword arguments, one dict per chunk (e.g. random seeds).
+        **options
+            Small keyword constants passed to every chunk task.
 
         Returns
         -------
@@ -86,6 +88,7 @@ class ChunkedRows:
                     sample_weight=weight,
                     row_start=int(self.row_starts[i]),
                     chunk_index=i,
+                    **options,
                     **extra,
                 )
             )

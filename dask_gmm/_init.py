@@ -58,7 +58,7 @@ def draw_rows(data, indices):
     """
     order = np.argsort(indices)
     rows = np.asarray(data.array[indices[order]].compute(), dtype=np.float64)
-    check_finite_rows(rows, 0)  # row numbers are within the sample here
+    check_finite_rows(rows, row_numbers=indices[order])
     out = np.empty_like(rows)
     out[order] = rows
     return out
@@ -67,7 +67,9 @@ def draw_rows(data, indices):
 def _sample(data, random_state):
     n_samples = data.array.shape[0]
     if n_samples <= KMEANS_SAMPLE_ROWS:
-        return np.asarray(data.array.compute(), dtype=np.float64), True
+        rows = np.asarray(data.array.compute(), dtype=np.float64)
+        check_finite_rows(rows)
+        return rows, True
     indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
     return draw_rows(data, np.sort(indices)), False
 

@@ -354,7 +354,7 @@ class NonFiniteInputError(ValueError):
     """Input rows hold NaN or infinity."""
 
 
-def check_finite_rows(X, block_start, where=""):
+def check_finite_rows(X, block_start=0, where="", row_numbers=None):
     """Raise a clear error naming the first rows of ``X`` that are not finite.
 
     Parameters
@@ -364,15 +364,18 @@ def check_finite_rows(X, block_start, where=""):
         Index of ``X[0]`` in the whole input, for the message.
     where : str
         Extra context for the message (e.g. which chunk).
+    row_numbers : ndarray of shape (n,) or None
+        Index of each row of ``X`` in the whole input, when not contiguous.
     """
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
-        rows = np.flatnonzero(bad)[:5] + block_start
+        positions = np.flatnonzero(bad)
+        rows = positions + block_start if row_numbers is None else row_numbers[positions]
         kind = "NaN" if np.isnan(X[bad]).any() else "infinity"
+        more = " and more" if len(rows) > 5 else ""
         raise NonFiniteInputError(
-            f"Input X contains {kind}{where}: rows {rows.tolist()}"
-            f"{' and more' if bad.sum() > 5 else ''} are not finite. "
-            "Remove or impute them before fitting."
+            f"Input X contains {kind}{where}: rows {rows[:5].tolist()}{more} are "
+            "not finite. Remove or impute them before fitting."
         )
 
 
@@ -404,8 +407,9 @@ def e_step_stats(X, params, shift, sample_weight=None, row_start=0, chunk_index=
     stats = empty_stats(n_components, n_features, params.covariance_type, shift)
     log_likelihood = []
     for start, Y, w in _row_blocks(X, sample_weight, shift):
-        wlp = weighted_log_prob(Y, params, shift)
-        log_norm = logsumexp(wlp, axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            wlp = weighted_log_prob(Y, params, shift)
+            log_norm = logsumexp(wlp, axis=1)
         if not np.isfinite(log_norm).all():
             check_finite_rows(Y, row_start + start, _where(chunk_index))
         wlp -= log_norm[:, None]
@@ -452,11 +456,12 @@ def hard_assignment_stats(
     center_norms = np.einsum("kd,kd->k", shifted_centers, shifted_centers)
     inertia = []
     for start, Y, w in _row_blocks(X, sample_weight, shift):
-        dist = Y @ shifted_centers.T
-        dist *= -2.0
-        dist += center_norms
-        labels = dist.argmin(axis=1)
-        closest = dist[np.arange(len(labels)), labels] + np.einsum("nd,nd->n", Y, Y)
+        with np.errstate(invalid="ignore", over="ignore"):
+            dist = Y @ shifted_centers.T
+            dist *= -2.0
+            dist += center_norms
+            labels = dist.argmin(axis=1)
+            closest = dist[np.arange(len(labels)), labels] + np.einsum("nd,nd->n", Y, Y)
         if not np.isfinite(closest).all():
             check_finite_rows(Y, row_start + start, _where(chunk_index))
         R = np.zeros((Y.shape[0], n_components))

@@ -21,9 +21,17 @@ MIN_CHUNK_ROWS = 4096
 
 
 def _is_lazy_store(X):
-    """zarr arrays and h5py datasets: wrapped lazily, never loaded whole."""
+    """zarr arrays, h5py datasets and other chunked on-disk arrays.
+
+    They are wrapped lazily with ``dask.array.from_array`` and never loaded
+    whole: anything with ``shape``, ``dtype``, ``chunks`` and slicing that is
+    neither numpy nor dask qualifies.
+    """
+    if isinstance(X, (np.ndarray, da.Array)) or sp.issparse(X):
+        return False
     module = type(X).__module__.split(".")[0]
-    return module in ("zarr", "h5py") and hasattr(X, "shape") and hasattr(X, "dtype")
+    looks_chunked = all(hasattr(X, a) for a in ("shape", "dtype", "chunks", "__getitem__"))
+    return looks_chunked or (module in ("zarr", "h5py") and hasattr(X, "shape"))
 
 
 def is_dask_collection(X):
@@ -206,7 +214,7 @@ def check_sample_weight(sample_weight, X, lazy):
     if low < 0:
         raise ValueError("Negative values in data passed to sample_weight.")
     if total <= 0:
-        raise ValueError("sample_weight must sum to a positive number.")
+        raise ValueError("Sample weights must contain at least one non-zero number.")
     if lazy and not is_dask_collection(sample_weight):
         sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
     return sample_weight

@@ -1,0 +1,216 @@
+"""The estimator contract: scikit-learn's API, lazy outputs, inits, one compute per round."""
+
+import inspect
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+from sklearn.utils.estimator_checks import check_estimator
+
+from dask_gmm import GaussianMixture
+
+from .helpers import COVARIANCE_TYPES, as_dask, blobs, count_computes, reference_inits
+
+
+def test_constructor_matches_sklearn_signature():
+    ours = inspect.signature(GaussianMixture.__init__).parameters
+    theirs = inspect.signature(SklearnGaussianMixture.__init__).parameters
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert ours[name].default == theirs[name].default, name
+        assert ours[name].kind == theirs[name].kind, name
+
+
+def test_sklearn_estimator_checks_pass():
+    results = check_estimator(GaussianMixture(), on_fail=None)
+    failed = [r for r in results if r["status"] == "failed"]
+    assert not failed, [(r["check_name"], str(r["exception"])[:200]) for r in failed]
+
+
+def test_clone_and_params_round_trip():
+    gm = GaussianMixture(3, covariance_type="diag", tol=1e-4, random_state=7)
+    copy = clone(gm)
+    assert copy.get_params() == gm.get_params()
+    copy.set_params(n_components=5)
+    assert copy.n_components == 5 and gm.n_components == 3
+
+
+def test_methods_on_numpy_return_numpy_and_equal_sklearn():
+    X, _ = blobs()
+    inits = reference_inits(X, 4, "full")
+    ours = GaussianMixture(4, **inits).fit(X)
+    theirs = SklearnGaussianMixture(4, **inits).fit(X)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-8)
+    np.testing.assert_allclose(ours.score_samples(X), theirs.score_samples(X), rtol=1e-8)
+    assert isinstance(ours.predict(X), np.ndarray)
+    np.testing.assert_allclose(ours.score(X), theirs.score(X), rtol=1e-8)
+    np.testing.assert_allclose(ours.bic(X), theirs.bic(X), rtol=1e-8)
+    np.testing.assert_allclose(ours.aic(X), theirs.aic(X), rtol=1e-8)
+    np.testing.assert_array_equal(ours.fit_predict(X), theirs.fit_predict(X))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_outputs_on_dask_input_are_lazy_and_chunked_like_the_input(covariance_type):
+    X, _ = blobs()
+    dX = as_dask(X, (500, 400, 600))
+    gm = GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(dX)
+    with count_computes() as calls:
+        labels = gm.predict(dX)
+        proba = gm.predict_proba(dX)
+        log_prob = gm.score_samples(dX)
+    assert calls == []
+    assert isinstance(labels, da.Array) and labels.chunks == (dX.chunks[0],)
+    assert proba.chunks == (dX.chunks[0], (4,))
+    assert log_prob.chunks == (dX.chunks[0],)
+    np.testing.assert_array_equal(labels.compute(), gm.predict(X))
+    np.testing.assert_allclose(proba.compute(), gm.predict_proba(X), rtol=1e-12)
+    np.testing.assert_allclose(log_prob.compute(), gm.score_samples(X), rtol=1e-12)
+    np.testing.assert_allclose(gm.bic(dX), gm.bic(X), rtol=1e-12)
+    np.testing.assert_allclose(gm.aic(dX), gm.aic(X), rtol=1e-12)
+
+
+def test_fit_predict_on_dask_is_lazy_with_final_parameters():
+    X, _ = blobs()
+    dX = as_dask(X, 300)
+    gm = GaussianMixture(4, random_state=0)
+    labels = gm.fit_predict(dX)
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), gm.predict(X))
+
+
+def test_one_compute_per_em_iteration():
+    X, _ = blobs()
+    inits = reference_inits(X, 4, "full")
+    dX = as_dask(X, 100)  # 15 chunks
+    with count_computes() as calls:
+        gm = GaussianMixture(4, tol=1e-8, **inits).fit(dX)
+    assert gm.n_iter_ > 2
+    assert len(calls) == gm.n_iter_
+    # one iteration's graph: a task per chunk, a few combines, the parameters
+    assert max(calls) <= 2 * dX.numblocks[0] + 10
+
+
+def test_graph_size_grows_with_chunks_not_rows():
+    X, _ = blobs(3000)
+    inits = reference_inits(X, 4, "diag")
+    sizes = []
+    for n_rows in (1500, 3000):
+        with count_computes() as calls:
+            GaussianMixture(4, covariance_type="diag", max_iter=1, **inits).fit(
+                as_dask(X[:n_rows], n_rows // 10))
+        sizes.append(calls[0])
+    assert sizes[0] == sizes[1]
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_every_init_finds_the_blobs(init_params):
+    X, truth = blobs(4000, centers=3)
+    dX = as_dask(X, 700)
+    # 'random' starts with all components alike: it needs a tight tol to
+    # leave that saddle, as it does in scikit-learn.
+    gm = GaussianMixture(3, init_params=init_params, n_init=4, random_state=1,
+                         max_iter=500, tol=1e-7).fit(dX)
+    assert gm.converged_
+    assert adjusted_rand_score(truth, gm.predict(X)) > 0.95
+
+
+def test_kmeans_init_on_data_larger_than_the_sample(monkeypatch):
+    """Sampled k-means seeding plus Lloyd passes over all chunks."""
+    from dask_gmm import _init
+
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 300)
+    X, truth = blobs(4000, centers=3, seed=4)
+    with count_computes() as calls:
+        gm = GaussianMixture(3, random_state=0, max_iter=0).fit(as_dask(X, 500))
+    # one sample read, at least one Lloyd pass and one statistics pass
+    assert len(calls) >= 3
+    labels = gm.predict(X)
+    assert adjusted_rand_score(truth, labels) > 0.95
+
+
+def test_n_init_keeps_the_best_lower_bound():
+    X, _ = blobs(1000, centers=5, seed=2)
+    single = [GaussianMixture(5, init_params="random_from_data", random_state=s,
+                              max_iter=200).fit(X).lower_bound_ for s in range(3)]
+    multi = GaussianMixture(5, init_params="random_from_data", n_init=4,
+                            random_state=0, max_iter=200).fit(X)
+    assert multi.lower_bound_ >= min(single) - 1e-9
+    assert multi.lower_bound_ == pytest.approx(max(multi.lower_bounds_[-1:]), rel=1e-12)
+
+
+def test_same_random_state_same_result():
+    X, _ = blobs()
+    a = GaussianMixture(4, init_params="random", random_state=3).fit(as_dask(X, 200))
+    b = GaussianMixture(4, init_params="random", random_state=3).fit(as_dask(X, 200))
+    np.testing.assert_array_equal(a.means_, b.means_)
+
+
+def test_warm_start_continues_where_it_stopped():
+    X, _ = blobs()
+    inits = reference_inits(X, 4, "full")
+    full_run = GaussianMixture(4, tol=0, max_iter=6, **inits).fit(X)
+    warm = GaussianMixture(4, tol=0, max_iter=3, warm_start=True, **inits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm.fit(as_dask(X, 300))
+        warm.fit(as_dask(X, 300))
+    np.testing.assert_allclose(warm.means_, full_run.means_, rtol=1e-10)
+    np.testing.assert_allclose(warm.covariances_, full_run.covariances_, rtol=1e-10)
+
+
+def test_non_convergence_warns_as_sklearn():
+    X, _ = blobs()
+    with pytest.warns(ConvergenceWarning, match="Best performing initialization did not"):
+        gm = GaussianMixture(4, max_iter=1, random_state=0).fit(as_dask(X, 500))
+    assert not gm.converged_ and gm.n_iter_ == 1
+
+
+def test_max_iter_zero_returns_the_initial_parameters():
+    X, _ = blobs()
+    inits = reference_inits(X, 4, "tied")
+    gm = GaussianMixture(4, covariance_type="tied", max_iter=0, **inits).fit(X)
+    np.testing.assert_allclose(gm.means_, inits["means_init"])
+    np.testing.assert_allclose(gm.precisions_, inits["precisions_init"], rtol=1e-10)
+    assert gm.n_iter_ == 0
+
+
+def test_verbose_prints_like_sklearn(capsys):
+    X, _ = blobs(500)
+    GaussianMixture(2, verbose=2, verbose_interval=1, random_state=0).fit(X)
+    out = capsys.readouterr().out
+    assert "Initialization 0" in out
+    assert "Iteration 1\t time lapse" in out
+    assert "Initialization converged. time lapse" in out
+
+
+def test_sample_draws_from_the_mixture():
+    X, _ = blobs(3000)
+    gm = GaussianMixture(4, random_state=0).fit(X)
+    rows, labels = gm.sample(20000)
+    assert rows.shape == (20000, 3) and labels.shape == (20000,)
+    np.testing.assert_allclose(np.bincount(labels) / 20000, gm.weights_, atol=0.02)
+    np.testing.assert_allclose(rows[labels == 0].mean(axis=0), gm.means_[0], atol=0.1)
+    with pytest.raises(ValueError, match="at least one sample"):
+        gm.sample(0)
+
+
+def test_unfitted_estimator_raises_not_fitted():
+    with pytest.raises(NotFittedError):
+        GaussianMixture().predict(np.zeros((3, 2)))
+
+
+def test_threads_and_sync_schedulers_agree():
+    X, _ = blobs()
+    inits = reference_inits(X, 4, "full")
+    results = []
+    for scheduler in ("threads", "sync"):
+        with dask.config.set(scheduler=scheduler):
+            results.append(GaussianMixture(4, **inits).fit(as_dask(X, 150)).means_)
+    np.testing.assert_array_equal(results[0], results[1])
