@@ -1,0 +1,63 @@
+"""Under a distributed.Client: same answer as threads, and flat worker memory."""
+
+import resource
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+
+from dask_gmm import GaussianMixture
+
+from .helpers import as_dask, blobs, reference_inits
+
+
+def _peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      memory_limit="450MiB", dashboard_address=None) as cluster:
+        yield cluster
+
+
+def test_client_gives_the_same_fit_as_threads(cluster):
+    X, _ = blobs(3000)
+    inits = reference_inits(X, 4, "full")
+    threaded = GaussianMixture(4, **inits).fit(as_dask(X, 400))
+    with Client(cluster):
+        distributed = GaussianMixture(4, **inits).fit(as_dask(X, 400))
+        labels = distributed.predict(as_dask(X, 400)).compute()
+    np.testing.assert_allclose(distributed.means_, threaded.means_, rtol=1e-12)
+    np.testing.assert_allclose(distributed.covariances_, threaded.covariances_, rtol=1e-12)
+    np.testing.assert_array_equal(labels, threaded.predict(X))
+
+
+def test_zarr_bigger_than_worker_memory_limit_fits_with_flat_memory(cluster, tmp_path):
+    n_samples, n_features, rows = 6_000_000, 16, 150_000
+    store = zarr.open_array(tmp_path / "big.zarr", mode="w", shape=(n_samples, n_features),
+                            chunks=(rows, n_features), dtype="f8")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=5, size=(3, n_features))
+    for start in range(0, n_samples, rows):
+        labels = rng.integers(0, 3, size=rows)
+        store[start:start + rows] = centers[labels] + rng.normal(size=(rows, n_features))
+    array_bytes = n_samples * n_features * 8
+
+    X = da.from_zarr(store)
+    gm = GaussianMixture(3, covariance_type="diag", max_iter=2, tol=0,
+                         means_init=centers + 0.5, random_state=0)
+    with Client(cluster) as client:
+        client.run(lambda: __import__("dask_gmm"))  # imports are not data
+        baseline = max(client.run(_peak_rss_bytes).values())
+        with pytest.warns(Warning, match="did not converge"):
+            gm.fit(X)
+        peaks = client.run(_peak_rss_bytes)
+    growth = max(peaks.values()) - baseline
+    print(f"worker baseline {baseline / 2**20:.0f} MiB, growth {growth / 2**20:.0f} MiB, "
+          f"array {array_bytes / 2**20:.0f} MiB")
+    assert growth < 0.25 * array_bytes, (baseline, growth, array_bytes)
+    np.testing.assert_allclose(np.sort(gm.weights_), [1 / 3] * 3, atol=0.01)
