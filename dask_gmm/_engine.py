@@ -13,6 +13,7 @@ from numbers import Integral
 
 import dask
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ._kernels import combine_stats
 
@@ -105,5 +106,13 @@ def tree_sum(parts):
 
 
 def compute(*delayed_objects):
-    """Compute several passes together, so they share their chunk reads."""
-    return dask.compute(*delayed_objects)
+    """Compute several passes together, so they share their chunk reads.
+
+    The chunk tasks already run in parallel on dask's threads, so BLAS is held
+    to one thread meanwhile: two levels of threads on the same cores fight
+    (measured: 0.78 s against 0.41 s per full-covariance iteration at
+    N=1e6, D=16, K=8 on 2 cores). On a distributed cluster the work runs in the
+    workers, whose BLAS dask already limits, and the limit here is harmless.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return dask.compute(*delayed_objects)
