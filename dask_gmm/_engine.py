@@ -116,3 +116,69 @@ def compute(*delayed_objects):
     """
     with threadpool_limits(limits=1, user_api="blas"):
         return dask.compute(*delayed_objects)
+
+
+def run_steps(steps):
+    """Drive one step generator: compute each pass it yields, send the result back.
+
+    A step generator yields dask collections (a pass's reduced statistics, or
+    rows to fetch) and receives their computed values; its return value is
+    the value of this function.
+    """
+    try:
+        request = next(steps)
+        while True:
+            (result,) = compute(request)
+            request = steps.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+def run_together(steps, on_round=None, isolate=(Exception,), fatal=()):
+    """Drive many step generators in lockstep: one compute per round for all.
+
+    Every generator's pending request is computed in the same ``dask.compute``
+    call, so requests built on the same chunks read each chunk once per round.
+
+    Parameters
+    ----------
+    steps : list of generator
+    on_round : callable or None
+        Called after every round with the number of generators still running.
+    isolate : tuple of exception types
+        An exception of these types raised inside one generator ends that
+        generator only; it is returned in its slot.
+    fatal : tuple of exception types
+        Exceptions that end the whole run even if they match ``isolate``
+        (bad data concerns every candidate).
+
+    Returns
+    -------
+    list
+        Each generator's return value, or the exception that ended it.
+    """
+    results = [None] * len(steps)
+    pending = {}
+
+    def advance(i, value=None, first=False):
+        try:
+            pending[i] = next(steps[i]) if first else steps[i].send(value)
+        except StopIteration as stop:
+            results[i] = stop.value
+            pending.pop(i, None)
+        except fatal:
+            raise
+        except isolate as error:
+            results[i] = error
+            pending.pop(i, None)
+
+    for i in range(len(steps)):
+        advance(i, first=True)
+    while pending:
+        order = list(pending)
+        values = compute(*(pending[i] for i in order))
+        for i, value in zip(order, values):
+            advance(i, value)
+        if on_round is not None:
+            on_round(len(pending))
+    return results

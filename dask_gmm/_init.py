@@ -23,7 +23,6 @@ import logging
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from ._engine import compute
 from ._kernels import (
     Params,
     check_finite_rows,
@@ -45,7 +44,7 @@ KMEANS_TOL = 1e-4
 
 
 def draw_rows(data, indices):
-    """Fetch rows by index in one pass, in the order given.
+    """Step generator: fetch rows by index in one pass, in the order given.
 
     Parameters
     ----------
@@ -57,7 +56,8 @@ def draw_rows(data, indices):
     ndarray of shape (len(indices), n_features), float64
     """
     order = np.argsort(indices)
-    rows = np.asarray(data.array[indices[order]].compute(), dtype=np.float64)
+    rows = yield data.array[indices[order]]
+    rows = np.asarray(rows, dtype=np.float64)
     check_finite_rows(rows, row_numbers=indices[order])
     out = np.empty_like(rows)
     out[order] = rows
@@ -67,11 +67,13 @@ def draw_rows(data, indices):
 def _sample(data, random_state):
     n_samples = data.array.shape[0]
     if n_samples <= KMEANS_SAMPLE_ROWS:
-        rows = np.asarray(data.array.compute(), dtype=np.float64)
+        rows = yield data.array
+        rows = np.asarray(rows, dtype=np.float64)
         check_finite_rows(rows)
         return rows, True
     indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
-    return draw_rows(data, np.sort(indices)), False
+    rows = yield from draw_rows(data, np.sort(indices))
+    return rows, False
 
 
 def _seed_params(means, covariance_type, reg_covar, eps):
@@ -102,18 +104,16 @@ def _seed_params(means, covariance_type, reg_covar, eps):
 
 def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
                    random_state):
-    sample, whole = _sample(data, random_state)
+    sample, whole = yield from _sample(data, random_state)
     km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
     centers = km.fit(sample).cluster_centers_
     shift = sample.mean(axis=0)
     if not whole:
         tol = KMEANS_TOL * sample.var(axis=0).mean()
         for n_pass in range(1, KMEANS_MAX_PASSES + 1):
-            (stats,) = compute(
-                data.map_reduce(
-                    hard_assignment_stats, centers, covariance_type, shift,
-                    second_moments=False,
-                )
+            stats = yield data.map_reduce(
+                hard_assignment_stats, centers, covariance_type, shift,
+                second_moments=False,
             )
             filled = stats.nk > 0
             new_centers = centers.copy()
@@ -123,9 +123,7 @@ def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
             logger.debug("k-means pass %d: centers moved %.3g", n_pass, moved)
             if moved <= tol:
                 break
-    (stats,) = compute(
-        data.map_reduce(hard_assignment_stats, centers, covariance_type, shift)
-    )
+    stats = yield data.map_reduce(hard_assignment_stats, centers, covariance_type, shift)
     params, _ = m_step(stats, covariance_type, reg_covar, eps, f32)
     return params
 
@@ -141,7 +139,7 @@ def _random_resp_stats(X, n_components, covariance_type, shift, *, seed,
 
 def initial_params(data, init_params, n_components, covariance_type, reg_covar,
                    eps, float32_input, random_state):
-    """Initial parameters from the data by one of the ``init_params`` strategies.
+    """Step generator: initial parameters by one of the ``init_params`` strategies.
 
     Parameters
     ----------
@@ -158,26 +156,27 @@ def initial_params(data, init_params, n_components, covariance_type, reg_covar,
     Returns
     -------
     Params
+        (as the generator's return value)
     """
     n_samples = data.array.shape[0]
     if init_params == "kmeans":
-        return _kmeans_params(data, n_components, covariance_type, reg_covar, eps,
-                              float32_input, random_state)
+        return (yield from _kmeans_params(data, n_components, covariance_type,
+                                          reg_covar, eps, float32_input, random_state))
     if init_params == "k-means++":
-        sample, _ = _sample(data, random_state)
+        sample, _ = yield from _sample(data, random_state)
         centers, _ = kmeans_plusplus(sample, n_components, random_state=random_state)
         return _seed_params(centers, covariance_type, reg_covar, eps)
     if init_params == "random_from_data":
         indices = random_state.choice(n_samples, size=n_components, replace=False)
-        return _seed_params(draw_rows(data, indices), covariance_type, reg_covar, eps)
+        rows = yield from draw_rows(data, indices)
+        return _seed_params(rows, covariance_type, reg_covar, eps)
     # 'random'
-    shift = np.asarray(data.array[0].compute(), dtype=np.float64)
+    shift = yield data.array[0]
+    shift = np.asarray(shift, dtype=np.float64)
     seeds = random_state.randint(np.iinfo(np.int32).max, size=data.n_chunks)
-    (stats,) = compute(
-        data.map_reduce(
-            _random_resp_stats, n_components, covariance_type, shift,
-            per_chunk=[{"seed": int(s)} for s in seeds],
-        )
+    stats = yield data.map_reduce(
+        _random_resp_stats, n_components, covariance_type, shift,
+        per_chunk=[{"seed": int(s)} for s in seeds],
     )
     params, _ = m_step(stats, covariance_type, reg_covar, eps, float32_input)
     return params

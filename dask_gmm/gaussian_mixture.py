@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels as K
-from ._engine import ChunkedRows, compute
+from ._engine import ChunkedRows, run_steps
 from ._init import initial_params
 from ._validation import (
     check_means,
@@ -35,6 +35,18 @@ _COVARIANCE_SHAPES = {
     "diag": "(n_components, n_features)",
     "spherical": "(n_components,)",
 }
+
+
+def prepare_rows(X, lazy, sample_weight):
+    """Validated ``X`` (numpy or dask) and weights as :class:`ChunkedRows`."""
+    sample_weight = check_sample_weight(sample_weight, X, lazy)
+    if not lazy:
+        n_samples, n_features = X.shape
+        rows = numpy_row_chunks(n_samples, n_features, X.dtype.itemsize)
+        X = da.from_array(X, chunks=(rows, n_features))
+        if sample_weight is not None:
+            sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
+    return ChunkedRows(X, sample_weight)
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -262,7 +274,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     def _fit(self, X, sample_weight):
         self._validate_hyperparameters()
         X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
-        n_samples, n_features = X.shape
+        data = prepare_rows(X, lazy, sample_weight)
+        run_steps(self._fit_steps(data, X.dtype))
+
+    def _fit_steps(self, data, dtype):
+        """Step generator of a whole fit: yields passes, sets the attributes at the end.
+
+        Parameters
+        ----------
+        data : ChunkedRows
+            Validated rows (and weights).
+        dtype : numpy dtype
+            The input's dtype, which the fitted parameters take.
+        """
+        n_samples, n_features = data.array.shape
         if n_samples < self.n_components:
             raise ValueError(
                 "Expected n_samples >= n_components "
@@ -272,15 +297,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         user_weights, user_means, user_precisions = self._checked_initial_values(
             n_features
         )
-        sample_weight = check_sample_weight(sample_weight, X, lazy)
-        dtype = X.dtype
-        if not lazy:
-            rows = numpy_row_chunks(n_samples, n_features, dtype.itemsize)
-            X = da.from_array(X, chunks=(rows, n_features))
-            if sample_weight is not None:
-                sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
-        data = ChunkedRows(X, sample_weight)
-
         eps = float(np.finfo(dtype).eps)
         float32_input = dtype == np.float32
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -291,7 +307,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for init in range(n_init):
             self._verbose_init_begin(init)
             if do_init:
-                params = self._initial_params(
+                params = yield from self._initial_params(
                     data, random_state, eps, float32_input,
                     user_weights, user_means, user_precisions,
                 )
@@ -299,7 +315,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else:
                 params = self._current_params()
                 lower_bound = self.lower_bound_
-            params, lower_bound, lower_bounds, n_iter, converged = self._em(
+            params, lower_bound, lower_bounds, n_iter, converged = yield from self._em(
                 data, params, lower_bound, eps, float32_input
             )
             if best is None or lower_bound > best[1]:
@@ -322,10 +338,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _initial_params(self, data, random_state, eps, float32_input,
                         user_weights, user_means, user_precisions):
-        """Start from the user's values, filling the rest by ``init_params``."""
+        """Step generator: the user's start, the rest filled by ``init_params``."""
         cov_type = self.covariance_type
         if user_weights is None or user_means is None or user_precisions is None:
-            params = initial_params(
+            params = yield from initial_params(
                 data, self.init_params, self.n_components, cov_type, self.reg_covar,
                 eps, float32_input, random_state,
             )
@@ -343,16 +359,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return params
 
     def _em(self, data, params, lower_bound, eps, float32_input):
-        """Run EM from ``params``: one chunk pass (E-step + sums) per iteration."""
+        """Step generator: EM from ``params``, one chunk pass per iteration."""
         lower_bounds = []
         converged = False
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
             start = perf_counter()
             previous = lower_bound
-            (stats,) = compute(
-                data.map_reduce(K.e_step_stats, params, params.shift)
-            )
+            stats = yield data.map_reduce(K.e_step_stats, params, params.shift)
             params, lower_bound = K.m_step(
                 stats, self.covariance_type, self.reg_covar, eps, float32_input
             )
