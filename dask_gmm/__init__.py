@@ -1,6 +1,8 @@
 """dask-gmm: Gaussian mixture models for arrays that do not fit in memory."""
 
 from .gaussian_mixture import GaussianMixture, InvalidParameterError
+from .sweep import GaussianMixtureSweep, plot_criterion
 
-__all__ = ["GaussianMixture", "InvalidParameterError"]
+__all__ = ["GaussianMixture", "GaussianMixtureSweep", "InvalidParameterError",
+           "plot_criterion"]
 __version__ = "0.1.0"

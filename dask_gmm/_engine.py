@@ -57,6 +57,30 @@ class ChunkedRows:
     def n_chunks(self):
         return len(self.blocks)
 
+    def take_rows(self, indices):
+        """Build (without computing) the rows at sorted ``indices``, from the same blocks.
+
+        Built on the blocks every pass uses, so a round that mixes row draws
+        with statistics passes still reads each chunk once.
+
+        Parameters
+        ----------
+        indices : ndarray of int, sorted
+
+        Returns
+        -------
+        dask.delayed.Delayed
+            An ndarray of shape (len(indices), n_features) once computed.
+        """
+        ends = self.row_starts[1:].tolist() + [self.array.shape[0]]
+        take = dask.delayed(_take, pure=True)
+        parts = []
+        for block, start, end in zip(self.blocks, self.row_starts, ends):
+            lo, hi = np.searchsorted(indices, [start, end])
+            if hi > lo:
+                parts.append(take(block, indices[lo:hi] - start))
+        return dask.delayed(np.concatenate, pure=True)(parts)
+
     def map_reduce(self, kernel, *shared, per_chunk=None, **options):
         """Build (without computing) one pass: ``kernel`` on every chunk, then a tree sum.
 
@@ -94,6 +118,10 @@ class ChunkedRows:
                 )
             )
         return tree_sum(parts)
+
+
+def _take(block, rows):
+    return np.asarray(block[rows])
 
 
 def tree_sum(parts):

@@ -56,7 +56,7 @@ def draw_rows(data, indices):
     ndarray of shape (len(indices), n_features), float64
     """
     order = np.argsort(indices)
-    rows = yield data.array[indices[order]]
+    rows = yield data.take_rows(indices[order])
     rows = np.asarray(rows, dtype=np.float64)
     check_finite_rows(rows, row_numbers=indices[order])
     out = np.empty_like(rows)
@@ -67,7 +67,7 @@ def draw_rows(data, indices):
 def _sample(data, random_state):
     n_samples = data.array.shape[0]
     if n_samples <= KMEANS_SAMPLE_ROWS:
-        rows = yield data.array
+        rows = yield data.take_rows(np.arange(n_samples))
         rows = np.asarray(rows, dtype=np.float64)
         check_finite_rows(rows)
         return rows, True
@@ -171,7 +171,8 @@ def initial_params(data, init_params, n_components, covariance_type, reg_covar,
         rows = yield from draw_rows(data, indices)
         return _seed_params(rows, covariance_type, reg_covar, eps)
     # 'random'
-    shift = yield data.array[0]
+    shift = yield data.take_rows(np.array([0]))
+    shift = shift[0]
     shift = np.asarray(shift, dtype=np.float64)
     seeds = random_state.randint(np.iinfo(np.int32).max, size=data.n_chunks)
     stats = yield data.map_reduce(

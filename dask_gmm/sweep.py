@@ -1,0 +1,355 @@
+"""``GaussianMixtureSweep``: many candidate mixtures fitted together, one read per round.
+
+Every candidate (a number of components and a covariance type) is an ordinary
+:class:`~dask_gmm.GaussianMixture` fit. The sweep advances all of them in
+lockstep: each round, every candidate still running asks for its next pass
+(a k-means step, an EM iteration, rows for seeding), and all those passes are
+computed in one ``dask.compute``. They are built on the same chunk tasks, so
+each chunk is read once per round and feeds one statistics task per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from numbers import Integral
+
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from . import _kernels as K
+from ._engine import compute, run_together
+from ._validation import check_X
+from .gaussian_mixture import GaussianMixture, InvalidParameterError, prepare_rows
+
+CRITERIA = ("bic", "aic")
+
+
+def _log_likelihood_stats(X, params, sample_weight=None, row_start=0, chunk_index=None):
+    """Per-chunk ``sum(weight * log p(x))`` under final parameters (for BIC/AIC)."""
+    stats = K.empty_stats(0, X.shape[1], "spherical", np.zeros(X.shape[1]))
+    _, log_norm = K.log_resp_and_norm(X, params)
+    if not np.isfinite(log_norm).all():
+        K.check_finite_rows(X, row_start, f" in chunk {chunk_index}")
+    if sample_weight is None:
+        stats.n, stats.log_likelihood = float(X.shape[0]), math.fsum(log_norm)
+    else:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        stats.n, stats.log_likelihood = weights.sum(), float(log_norm @ weights)
+    return stats
+
+
+def _as_list(value, name, kind):
+    if isinstance(value, (str, Integral)):
+        return [value]
+    try:
+        values = list(value)
+    except TypeError:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of GaussianMixtureSweep must be a {kind} or an "
+            f"iterable of them. Got {value!r} instead."
+        ) from None
+    if not values:
+        raise InvalidParameterError(f"The '{name}' parameter must not be empty.")
+    return values
+
+
+class GaussianMixtureSweep(DensityMixin, BaseEstimator):
+    """Fit a grid of Gaussian mixtures and keep the one with the best BIC or AIC.
+
+    Each candidate is exactly the model that
+    ``GaussianMixture(n_components=k, covariance_type=c, random_state=random_state,
+    **the other parameters).fit(X)`` gives, so any row of ``results_`` can be
+    reproduced alone. The candidates run together: each round reads every chunk
+    of ``X`` once for all of them, and finished candidates drop out.
+
+    Parameters
+    ----------
+    n_components : int or iterable of int, default=range(1, 11)
+    covariance_type : str or iterable of str, default=('full', 'tied', 'diag', \
+            'spherical')
+    criterion : {'bic', 'aic'}, default='bic'
+        Lower is better; the best candidate becomes ``best_estimator_``.
+    tol, reg_covar, max_iter, n_init, init_params, verbose, verbose_interval
+        As in :class:`~dask_gmm.GaussianMixture`, for every candidate.
+    random_state : int, RandomState instance or None, default=None
+        Given to every candidate as it is. A ``RandomState`` instance is first
+        turned into one integer seed per candidate, drawn up front.
+    progress : bool, default=False
+        Show a progress bar (tqdm) of finished candidates, with the round, the
+        number still running and the best lower bound so far.
+
+    Attributes
+    ----------
+    results_ : dict of ndarray
+        One entry per candidate, in the manner of ``GridSearchCV.cv_results_``:
+        ``n_components, covariance_type, bic, aic, lower_bound, n_iter, converged,
+        fit_time, error`` (``''`` when the candidate succeeded) and ``params``.
+        ``pandas.DataFrame(sweep.results_)`` gives the table. ``fit_time`` is the
+        wall time from the start of the sweep until that candidate finished.
+    best_index_ : int
+    best_params_ : dict
+    best_estimator_ : GaussianMixture
+    n_rounds_ : int
+        Rounds (each one read of the data) the sweep took, the final scoring
+        pass included.
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_components=range(1, 11),
+        covariance_type=("full", "tied", "diag", "spherical"),
+        criterion="bic",
+        *,
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        random_state=None,
+        verbose=0,
+        verbose_interval=10,
+        progress=False,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.criterion = criterion
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.random_state = random_state
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.progress = progress
+
+    def _candidates(self):
+        if self.criterion not in CRITERIA:
+            raise InvalidParameterError(
+                "The 'criterion' parameter of GaussianMixtureSweep must be a str among "
+                f"{set(CRITERIA)}. Got {self.criterion!r} instead."
+            )
+        ks = _as_list(self.n_components, "n_components", "int")
+        types = _as_list(self.covariance_type, "covariance_type", "str")
+        grid = [(c, k) for c in types for k in ks]
+        if isinstance(self.random_state, np.random.RandomState):
+            seeds = self.random_state.randint(np.iinfo(np.int32).max, size=len(grid))
+            seeds = [int(s) for s in seeds]
+        else:
+            seeds = [self.random_state] * len(grid)
+        candidates = []
+        for (covariance_type, k), seed in zip(grid, seeds):
+            candidate = GaussianMixture(
+                n_components=k, covariance_type=covariance_type, tol=self.tol,
+                reg_covar=self.reg_covar, max_iter=self.max_iter, n_init=self.n_init,
+                init_params=self.init_params, random_state=seed, verbose=self.verbose,
+                verbose_interval=self.verbose_interval,
+            )
+            candidate._validate_hyperparameters()  # a bad grid fails before any read
+            candidates.append(candidate)
+        return candidates
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit every candidate, score it on ``X`` and keep the best.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or h5py dataset of shape \
+                (n_samples, n_features)
+        y : Ignored
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+
+        Returns
+        -------
+        self : GaussianMixtureSweep
+        """
+        candidates = self._candidates()
+        X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
+        data = prepare_rows(X, lazy, sample_weight)
+        start = time.perf_counter()
+        finished_at = [np.nan] * len(candidates)
+        bar = self._progress_bar(len(candidates))
+        n_rounds = 0
+
+        def timed(i, candidate):
+            candidate.n_features_in_ = X.shape[1]
+            result = yield from candidate._fit_steps(data, X.dtype)
+            finished_at[i] = time.perf_counter() - start
+            if bar is not None:
+                bar.update(1)
+            return result
+
+        def on_round(running):
+            nonlocal n_rounds
+            n_rounds += 1
+            if bar is not None:
+                bounds = [c.lower_bound_ for c in candidates if hasattr(c, "lower_bound_")]
+                bar.set_postfix(round=n_rounds, running=running,
+                                best_lower_bound=max(bounds) if bounds else None)
+
+        try:
+            outcomes = run_together(
+                [timed(i, c) for i, c in enumerate(candidates)],
+                on_round=on_round,
+                isolate=(ValueError, np.linalg.LinAlgError, FloatingPointError),
+                fatal=(K.NonFiniteInputError,),
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        fitted = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+        scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
+        n_rounds += 1 if fitted else 0
+        self._record(candidates, outcomes, dict(zip(fitted, scores)), finished_at)
+        self.n_rounds_ = n_rounds
+        return self
+
+    def _final_log_likelihoods(self, data, models):
+        """``(sum of weights, sum of weighted log p(x))`` per model, in one shared pass."""
+        if not models:
+            return []
+        passes = [data.map_reduce(_log_likelihood_stats, m._current_params())
+                  for m in models]
+        return [(s.n, s.log_likelihood) for s in compute(*passes)]
+
+    def _record(self, candidates, outcomes, scores, finished_at):
+        n = len(candidates)
+        results = {
+            "n_components": np.array([c.n_components for c in candidates]),
+            "covariance_type": np.array([c.covariance_type for c in candidates],
+                                        dtype=object),
+            "bic": np.full(n, np.nan),
+            "aic": np.full(n, np.nan),
+            "lower_bound": np.full(n, np.nan),
+            "n_iter": np.zeros(n, dtype=int),
+            "converged": np.zeros(n, dtype=bool),
+            "fit_time": np.array(finished_at, dtype=float),
+            "error": np.array([""] * n, dtype=object),
+            "params": [{"n_components": c.n_components,
+                        "covariance_type": c.covariance_type} for c in candidates],
+        }
+        failures = []
+        for i, (candidate, outcome) in enumerate(zip(candidates, outcomes)):
+            if isinstance(outcome, BaseException):
+                message = f"{type(outcome).__name__}: {outcome}"
+                results["error"][i] = message
+                failures.append(f"{candidate.n_components} {candidate.covariance_type}: "
+                                f"{message}")
+                continue
+            total_weight, log_likelihood = scores[i]
+            n_parameters = candidate._n_parameters()
+            results["bic"][i] = -2 * log_likelihood + n_parameters * math.log(total_weight)
+            results["aic"][i] = -2 * log_likelihood + 2 * n_parameters
+            results["lower_bound"][i] = candidate.lower_bound_
+            results["n_iter"][i] = candidate.n_iter_
+            results["converged"][i] = candidate.converged_
+        if len(failures) == n:
+            raise ValueError("Every candidate of the sweep failed:\n" + "\n".join(failures))
+        if failures:
+            warnings.warn(
+                f"{len(failures)} of {n} candidates failed and were skipped (NaN "
+                "scores, message in results_['error']):\n" + "\n".join(failures),
+                UserWarning,
+            )
+        best = int(np.nanargmin(results[self.criterion]))
+        self.results_ = results
+        self.best_index_ = best
+        self.best_params_ = dict(results["params"][best])
+        self.best_estimator_ = candidates[best]
+
+    def _progress_bar(self, total):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="sweep", unit="candidate")
+
+    # Delegation to the best candidate -----------------------------------------
+
+    def predict(self, X):
+        """Labels from the best candidate; see :meth:`GaussianMixture.predict`."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict(X)
+
+    def predict_proba(self, X):
+        """Responsibilities from the best candidate."""
+        check_is_fitted(self)
+        return self.best_estimator_.predict_proba(X)
+
+    def score_samples(self, X):
+        """Per-row log-likelihood under the best candidate."""
+        check_is_fitted(self)
+        return self.best_estimator_.score_samples(X)
+
+    def score(self, X, y=None):
+        """Mean per-row log-likelihood under the best candidate."""
+        check_is_fitted(self)
+        return self.best_estimator_.score(X)
+
+    def bic(self, X):
+        """BIC of the best candidate on ``X``."""
+        check_is_fitted(self)
+        return self.best_estimator_.bic(X)
+
+    def aic(self, X):
+        """AIC of the best candidate on ``X``."""
+        check_is_fitted(self)
+        return self.best_estimator_.aic(X)
+
+    def plot(self, path, criterion=None):
+        """Write the criterion-against-K plot of ``results_`` to ``path`` (PNG)."""
+        check_is_fitted(self)
+        return plot_criterion(self.results_, path, criterion or self.criterion)
+
+
+def plot_criterion(results, path, criterion="bic"):
+    """Plot BIC or AIC against the number of components, one line per covariance type.
+
+    Parameters
+    ----------
+    results : dict
+        ``GaussianMixtureSweep.results_`` (or a DataFrame made from it).
+    path : str or path-like
+        Where to write the figure (the format follows the suffix; PNG by default).
+    criterion : {'bic', 'aic'}
+
+    Returns
+    -------
+    path
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "plot_criterion needs matplotlib: pip install 'dask-gmm[plot]'"
+        ) from None
+    ks = np.asarray(results["n_components"])
+    types = np.asarray(results["covariance_type"], dtype=object)
+    values = np.asarray(results[criterion], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for covariance_type in dict.fromkeys(types):
+        mask = types == covariance_type
+        order = np.argsort(ks[mask])
+        ax.plot(ks[mask][order], values[mask][order], marker="o", label=covariance_type)
+    if np.isfinite(values).any():
+        best = int(np.nanargmin(values))
+        ax.plot([ks[best]], [values[best]], marker="*", markersize=18, color="black",
+                linestyle="none",
+                label=f"chosen: {ks[best]} {types[best]}")
+    ax.set_xlabel("number of components")
+    ax.set_ylabel(criterion.upper() + " (lower is better)")
+    ax.set_xticks(np.unique(ks))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
