@@ -1,10 +1,14 @@
 """The thin dask layer: one map-reduce pass over the row chunks of an array.
 
-A pass applies a numpy kernel to every row chunk, adds the results up in a
-fixed tree of :func:`~dask_gmm._kernels.combine_stats` tasks and computes the
-root with one ``dask.compute`` call, on whatever scheduler is active (a
-``distributed.Client`` if one is, dask's threads otherwise). Only the reduced
-statistics, O(K·D²) numbers, come back to the client.
+A fit is written as a *step generator*: it yields requests (a pass of
+statistics such as :class:`~dask_gmm._kernels.EStep`, or :class:`TakeRows`)
+and receives their computed results. The drivers here turn the requests of
+one round into one dask graph: a single :func:`~dask_gmm._kernels.chunk_pass`
+task per chunk serves every pass request of the round, a fixed-order tree of
+combine tasks adds the statistics up, and one ``dask.compute`` runs it on
+whatever scheduler is active (a ``distributed.Client`` if one is, dask's threads
+otherwise). Only the reduced statistics, O(K·D²) numbers per request, come
+back to the client.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._kernels import combine_stats
+from ._kernels import chunk_pass, combine_stat_lists
 
 DEFAULT_SPLIT_EVERY = 8
 
@@ -28,12 +32,19 @@ def split_every():
     return DEFAULT_SPLIT_EVERY
 
 
+class TakeRows:
+    """Request for the rows at sorted ``indices`` (for seeding); answered with an ndarray."""
+
+    def __init__(self, indices):
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+
 class ChunkedRows:
     """A row-chunked dask array (and optional row weights) as delayed blocks.
 
-    The blocks are taken from the array once per fit, so every pass reuses the
-    same keys: passes built from one ``ChunkedRows`` share chunk reads when
-    they are computed together.
+    The blocks are taken from the array once per fit, so every pass and every
+    row draw built from one ``ChunkedRows`` uses the same chunk tasks: computed
+    together, they read each chunk once.
 
     Parameters
     ----------
@@ -57,15 +68,32 @@ class ChunkedRows:
     def n_chunks(self):
         return len(self.blocks)
 
-    def take_rows(self, indices):
-        """Build (without computing) the rows at sorted ``indices``, from the same blocks.
-
-        Built on the blocks every pass uses, so a round that mixes row draws
-        with statistics passes still reads each chunk once.
+    def map_reduce(self, requests):
+        """Build (without computing) one pass serving every request in ``requests``.
 
         Parameters
         ----------
-        indices : ndarray of int, sorted
+        requests : list
+            Pass requests (see :func:`~dask_gmm._kernels.chunk_pass`); put into the
+            graph once, not copied into every task.
+
+        Returns
+        -------
+        dask.delayed.Delayed
+            The list of reduced statistics, one per request.
+        """
+        shared = dask.delayed(list(requests), traverse=False)
+        task = dask.delayed(chunk_pass, pure=True)
+        parts = [
+            task(block, shared, sample_weight=weight, row_start=int(start), chunk_index=i)
+            for i, (block, weight, start) in enumerate(
+                zip(self.blocks, self.weight_blocks, self.row_starts)
+            )
+        ]
+        return tree_reduce(parts, combine_stat_lists)
+
+    def take_rows(self, indices):
+        """Build (without computing) the rows at sorted ``indices``, from the same blocks.
 
         Returns
         -------
@@ -81,95 +109,73 @@ class ChunkedRows:
                 parts.append(take(block, indices[lo:hi] - start))
         return dask.delayed(np.concatenate, pure=True)(parts)
 
-    def map_reduce(self, kernel, *shared, per_chunk=None, **options):
-        """Build (without computing) one pass: ``kernel`` on every chunk, then a tree sum.
-
-        Parameters
-        ----------
-        kernel : callable
-            ``kernel(block, *shared, sample_weight=, row_start=, chunk_index=,
-            **per_chunk[i])`` returning :class:`~dask_gmm._kernels.SuffStats`.
-        *shared : objects
-            Passed to every chunk task; each is put into the graph once.
-        per_chunk : list of dict or None
-            Extra keyword arguments, one dict per chunk (e.g. random seeds).
-        **options
-            Small keyword constants passed to every chunk task.
-
-        Returns
-        -------
-        dask.delayed.Delayed
-            The reduced statistics.
-        """
-        shared = [dask.delayed(s, traverse=False) for s in shared]
-        task = dask.delayed(kernel, pure=True)
-        parts = []
-        for i, (block, weight) in enumerate(zip(self.blocks, self.weight_blocks)):
-            extra = per_chunk[i] if per_chunk is not None else {}
-            parts.append(
-                task(
-                    block,
-                    *shared,
-                    sample_weight=weight,
-                    row_start=int(self.row_starts[i]),
-                    chunk_index=i,
-                    **options,
-                    **extra,
-                )
-            )
-        return tree_sum(parts)
+    def build_round(self, requests):
+        """One graph answering every request of a round; see :func:`run_together`."""
+        passes = [i for i, r in enumerate(requests) if not isinstance(r, TakeRows)]
+        graph = {}
+        if passes:
+            graph["passes"] = self.map_reduce([requests[i] for i in passes])
+        for i, request in enumerate(requests):
+            if isinstance(request, TakeRows):
+                graph[i] = self.take_rows(request.indices)
+        return graph, passes
 
 
 def _take(block, rows):
     return np.asarray(block[rows])
 
 
-def tree_sum(parts):
-    """Reduce delayed statistics with ``combine_stats`` in a fixed-order tree."""
+def tree_reduce(parts, combine):
+    """Reduce delayed parts with ``combine`` in a fixed-order tree of ``split_every`` fan-in."""
     fan_in = split_every()
-    combine = dask.delayed(combine_stats, pure=True)
+    task = dask.delayed(combine, pure=True)
     while len(parts) > 1:
-        parts = [combine(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
+        parts = [task(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
     return parts[0]
 
 
-def compute(*delayed_objects):
-    """Compute several passes together, so they share their chunk reads.
+def compute(*collections):
+    """``dask.compute`` with BLAS held to one thread meanwhile.
 
-    The chunk tasks already run in parallel on dask's threads, so BLAS is held
-    to one thread meanwhile: two levels of threads on the same cores fight
-    (measured: 0.78 s against 0.41 s per full-covariance iteration at
-    N=1e6, D=16, K=8 on 2 cores). On a distributed cluster the work runs in the
-    workers, whose BLAS dask already limits, and the limit here is harmless.
+    The chunk tasks already run in parallel on dask's threads, so two levels
+    of threads on the same cores would fight (measured: 0.78 s against 0.41 s
+    per full-covariance iteration at N=1e6, D=16, K=8 on 2 cores). On a
+    distributed cluster the work runs in the workers, whose BLAS dask already
+    limits, and the limit here is harmless.
     """
     with threadpool_limits(limits=1, user_api="blas"):
-        return dask.compute(*delayed_objects)
+        return dask.compute(*collections)
 
 
-def run_steps(steps):
-    """Drive one step generator: compute each pass it yields, send the result back.
-
-    A step generator yields dask collections (a pass's reduced statistics, or
-    rows to fetch) and receives their computed values; its return value is
-    the value of this function.
-    """
-    try:
-        request = next(steps)
-        while True:
-            (result,) = compute(request)
-            request = steps.send(result)
-    except StopIteration as stop:
-        return stop.value
+def compute_round(data, requests):
+    """Compute every request of one round in one ``dask.compute``; results in order."""
+    graph, passes = data.build_round(requests)
+    (values,) = compute(graph)
+    results = [None] * len(requests)
+    for i, stats in zip(passes, values.get("passes", [])):
+        results[i] = stats
+    for key, value in values.items():
+        if key != "passes":
+            results[key] = value
+    return results
 
 
-def run_together(steps, on_round=None, isolate=(Exception,), fatal=()):
+def run_steps(data, steps):
+    """Drive one step generator on ``data``; its return value is returned."""
+    (result,) = run_together(data, [steps], isolate=())
+    return result
+
+
+def run_together(data, steps, on_round=None, isolate=(Exception,), fatal=()):
     """Drive many step generators in lockstep: one compute per round for all.
 
-    Every generator's pending request is computed in the same ``dask.compute``
-    call, so requests built on the same chunks read each chunk once per round.
+    Every generator's pending request is answered from the same graph
+    (:meth:`ChunkedRows.build_round`), so each chunk is read once per round
+    whatever the number of generators.
 
     Parameters
     ----------
+    data : ChunkedRows
     steps : list of generator
     on_round : callable or None
         Called after every round with the number of generators still running.
@@ -177,8 +183,7 @@ def run_together(steps, on_round=None, isolate=(Exception,), fatal=()):
         An exception of these types raised inside one generator ends that
         generator only; it is returned in its slot.
     fatal : tuple of exception types
-        Exceptions that end the whole run even if they match ``isolate``
-        (bad data concerns every candidate).
+        Exceptions that end the whole run even if they match ``isolate``.
 
     Returns
     -------
@@ -204,7 +209,7 @@ def run_together(steps, on_round=None, isolate=(Exception,), fatal=()):
         advance(i, first=True)
     while pending:
         order = list(pending)
-        values = compute(*(pending[i] for i in order))
+        values = compute_round(data, [pending[i] for i in order])
         for i, value in zip(order, values):
             advance(i, value)
         if on_round is not None:

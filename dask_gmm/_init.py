@@ -9,8 +9,8 @@ at most a few times through the same chunk/combine engine as EM:
   initial weights, means and covariances.
 - ``'k-means++'``: k-means++ seeds picked from the sample become the means.
 - ``'random_from_data'``: randomly chosen rows become the means.
-- ``'random'``: random responsibilities per row (one seed per chunk, drawn up
-  front) turned into parameters by one M-step.
+- ``'random'``: random responsibilities per row (one seed drawn up front, one
+  random stream per chunk derived from it) turned into parameters by one M-step.
 
 For the last three, as in scikit-learn, the covariances start at ``reg_covar``
 (the statistics of a single row per component).
@@ -23,13 +23,14 @@ import logging
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
+from ._engine import TakeRows
 from ._kernels import (
+    HardAssignment,
     Params,
+    RandomResponsibilities,
     check_finite_rows,
-    hard_assignment_stats,
     m_step,
     precision_cholesky,
-    responsibility_stats,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def draw_rows(data, indices):
     ndarray of shape (len(indices), n_features), float64
     """
     order = np.argsort(indices)
-    rows = yield data.take_rows(indices[order])
+    rows = yield TakeRows(indices[order])
     rows = np.asarray(rows, dtype=np.float64)
     check_finite_rows(rows, row_numbers=indices[order])
     out = np.empty_like(rows)
@@ -67,7 +68,7 @@ def draw_rows(data, indices):
 def _sample(data, random_state):
     n_samples = data.array.shape[0]
     if n_samples <= KMEANS_SAMPLE_ROWS:
-        rows = yield data.take_rows(np.arange(n_samples))
+        rows = yield TakeRows(np.arange(n_samples))
         rows = np.asarray(rows, dtype=np.float64)
         check_finite_rows(rows)
         return rows, True
@@ -107,34 +108,22 @@ def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
     sample, whole = yield from _sample(data, random_state)
     km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
     centers = km.fit(sample).cluster_centers_
-    shift = sample.mean(axis=0)
     if not whole:
         tol = KMEANS_TOL * sample.var(axis=0).mean()
         for n_pass in range(1, KMEANS_MAX_PASSES + 1):
-            stats = yield data.map_reduce(
-                hard_assignment_stats, centers, covariance_type, shift,
-                second_moments=False,
-            )
+            stats = yield HardAssignment(centers, covariance_type, second_moments=False)
             filled = stats.nk > 0
             new_centers = centers.copy()
-            new_centers[filled] = shift + stats.s1[filled] / stats.nk[filled, None]
+            new_centers[filled] = (stats.shift + stats.s1[filled]
+                                   / stats.nk[filled, None])
             moved = ((new_centers - centers) ** 2).sum()
             centers = new_centers
             logger.debug("k-means pass %d: centers moved %.3g", n_pass, moved)
             if moved <= tol:
                 break
-    stats = yield data.map_reduce(hard_assignment_stats, centers, covariance_type, shift)
+    stats = yield HardAssignment(centers, covariance_type)
     params, _ = m_step(stats, covariance_type, reg_covar, eps, f32)
     return params
-
-
-def _random_resp_stats(X, n_components, covariance_type, shift, *, seed,
-                       sample_weight=None, row_start=0, chunk_index=None):
-    rng = np.random.default_rng(seed)
-    resp = rng.uniform(size=(X.shape[0], n_components))
-    resp /= resp.sum(axis=1, keepdims=True)
-    return responsibility_stats(X, resp, covariance_type, shift, sample_weight,
-                                row_start, chunk_index)
 
 
 def initial_params(data, init_params, n_components, covariance_type, reg_covar,
@@ -171,13 +160,7 @@ def initial_params(data, init_params, n_components, covariance_type, reg_covar,
         rows = yield from draw_rows(data, indices)
         return _seed_params(rows, covariance_type, reg_covar, eps)
     # 'random'
-    shift = yield data.take_rows(np.array([0]))
-    shift = shift[0]
-    shift = np.asarray(shift, dtype=np.float64)
-    seeds = random_state.randint(np.iinfo(np.int32).max, size=data.n_chunks)
-    stats = yield data.map_reduce(
-        _random_resp_stats, n_components, covariance_type, shift,
-        per_chunk=[{"seed": int(s)} for s in seeds],
-    )
+    seed = int(random_state.randint(np.iinfo(np.int32).max))
+    stats = yield RandomResponsibilities(n_components, covariance_type, seed)
     params, _ = m_step(stats, covariance_type, reg_covar, eps, float32_input)
     return params

@@ -1,35 +1,37 @@
 """Pure numpy kernels of the EM engine.
 
-Nothing here knows about dask. Every function takes one block of rows (or the
-reduced statistics) and returns numpy arrays, so each can be tested alone.
+Nothing here knows about dask. :func:`chunk_pass` takes one block of rows and a
+list of *requests* (an E-step, a k-means step, random responsibilities, a
+log-likelihood) and returns one :class:`SuffStats` per request; several
+requests on the same chunk share the row conversion and the quadratic
+features, which is how a sweep's candidates share one read. :func:`combine_stats`
+adds statistics up and :func:`m_step` turns them into parameters.
 
 Conventions
 -----------
-``K`` is the number of components, ``D`` the number of features and ``n`` the
-number of rows in the block at hand. Data are always handled *shifted*: the
-kernels receive ``shift`` (a point near the centre of the mixture, shape
-``(D,)``) and work with ``Y = X - shift``. The shift cancels out of every
-covariance, and summing second moments about it keeps the digits that raw
-``sum(x x^T)`` loses when the data sit far from the origin.
+``K`` is the number of components, ``D`` the number of features, ``T = D (D + 1) / 2``
+and ``n`` the number of rows at hand. Rows are always handled *shifted*: each
+chunk subtracts a point of its own (the mean of its first rows) and sums its
+moments about it, which keeps the digits that raw ``sum(x x^T)`` loses when the
+data sit far from the origin. :func:`combine_stats` moves moments taken about
+different points to a common one exactly (the parallel-axis identity).
 
 Precision Cholesky factors follow scikit-learn: for ``full`` the factor ``U``
-of component ``k`` satisfies ``precision_k = U U^T`` and the whitened point is
-``(x - mean_k) @ U``.
+of component ``k`` satisfies ``precision_k = U U^T``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.special import logsumexp
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
-# Rows handled at once inside a chunk: small enough that the per-row-block
-# temporaries (n x K x D for full covariances) stay in cache-friendly sizes.
+# Rows handled at once inside a chunk: the per-block temporaries (n x T
+# quadratic features, n x K densities) stay cache-sized.
 ROW_BLOCK = 2048
 
 ILL_DEFINED_COVARIANCE = (
@@ -42,314 +44,6 @@ FLOAT32_HINT = (
     " The numerical accuracy can also be improved by passing float64"
     " data instead of float32."
 )
-
-
-@dataclass
-class SuffStats:
-    """Sufficient statistics of one or more row blocks, all in float64.
-
-    Attributes
-    ----------
-    n : float
-        Sum of the sample weights (the number of rows when unweighted).
-    log_likelihood : float
-        Sum over rows of ``weight * log p(x)`` under the parameters of the pass.
-    nk : ndarray of shape (K,)
-        Sum of weighted responsibilities per component.
-    s1 : ndarray of shape (K, D)
-        Sum of ``r * (x - shift)`` per component.
-    s2 : ndarray
-        Second moments about ``shift`` in the form the covariance type needs:
-        full ``(K, D, D)``, tied ``(D, D)``, diag ``(K, D)``, spherical ``(K,)``.
-    shift : ndarray of shape (D,)
-        The point the moments were taken about; equal in every block of a pass.
-    """
-
-    n: float
-    log_likelihood: float
-    nk: np.ndarray
-    s1: np.ndarray
-    s2: np.ndarray
-    shift: np.ndarray
-
-
-def combine_stats(*parts):
-    """Add the statistics of several blocks; associative, same type in and out.
-
-    Parameters
-    ----------
-    *parts : SuffStats
-        One or more statistics taken about the same shift.
-
-    Returns
-    -------
-    SuffStats
-    """
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    return SuffStats(
-        n=math.fsum(p.n for p in parts),
-        log_likelihood=math.fsum(p.log_likelihood for p in parts),
-        nk=np.sum([p.nk for p in parts], axis=0),
-        s1=np.sum([p.s1 for p in parts], axis=0),
-        s2=np.sum([p.s2 for p in parts], axis=0),
-        shift=first.shift,
-    )
-
-
-# --------------------------------------------------------------------------
-# Log densities, one kernel per covariance type.
-
-
-def _squared_mahalanobis_full(Y, means, prec_chol):
-    """Squared Mahalanobis distances for full covariances.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (n, D)
-        Shifted rows.
-    means : ndarray of shape (K, D)
-        Shifted means.
-    prec_chol : ndarray of shape (K, D, D)
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-    """
-    n, n_features = Y.shape
-    n_components = means.shape[0]
-    # All components' whitening in one matrix product: columns k*D..(k+1)*D
-    # of `stacked` hold prec_chol[k].
-    stacked = prec_chol.transpose(1, 0, 2).reshape(n_features, -1)
-    offsets = np.einsum("kd,kde->ke", means, prec_chol).reshape(-1)
-    Z = Y @ stacked
-    Z -= offsets
-    # einsum squares and sums the short last axis in one pass, ~4x faster than
-    # np.square followed by .sum(axis=2)
-    Z = Z.reshape(n, n_components, n_features)
-    return np.einsum("nkd,nkd->nk", Z, Z)
-
-
-def _squared_mahalanobis_tied(Y, means, prec_chol):
-    """Squared Mahalanobis distances for one shared covariance.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (n, D)
-    means : ndarray of shape (K, D)
-    prec_chol : ndarray of shape (D, D)
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-    """
-    Z = Y @ prec_chol
-    M = means @ prec_chol
-    out = Z @ M.T
-    out *= -2.0
-    out += np.einsum("nd,nd->n", Z, Z)[:, None]
-    out += np.einsum("kd,kd->k", M, M)
-    return out
-
-
-def _squared_mahalanobis_diag(Y, means, prec_chol):
-    """Squared Mahalanobis distances for diagonal covariances.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (n, D)
-    means : ndarray of shape (K, D)
-    prec_chol : ndarray of shape (K, D)
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-    """
-    precisions = prec_chol**2
-    out = Y @ (means * precisions).T
-    out *= -2.0
-    out += (Y * Y) @ precisions.T
-    out += np.einsum("kd,kd->k", means * means, precisions)
-    return out
-
-
-def _squared_mahalanobis_spherical(Y, means, prec_chol):
-    """Squared Mahalanobis distances for one variance per component.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (n, D)
-    means : ndarray of shape (K, D)
-    prec_chol : ndarray of shape (K,)
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-    """
-    precisions = prec_chol**2
-    out = Y @ means.T
-    out *= -2.0
-    out += np.einsum("nd,nd->n", Y, Y)[:, None]
-    out += np.einsum("kd,kd->k", means, means)
-    out *= precisions
-    return out
-
-
-SQUARED_MAHALANOBIS = {
-    "full": _squared_mahalanobis_full,
-    "tied": _squared_mahalanobis_tied,
-    "diag": _squared_mahalanobis_diag,
-    "spherical": _squared_mahalanobis_spherical,
-}
-
-
-def log_det_cholesky(prec_chol, covariance_type, n_features):
-    """Log-determinant of the precision Cholesky factors.
-
-    Parameters
-    ----------
-    prec_chol : ndarray
-        full ``(K, D, D)``, tied ``(D, D)``, diag ``(K, D)``, spherical ``(K,)``.
-    covariance_type : str
-    n_features : int
-
-    Returns
-    -------
-    ndarray of shape (K,) or float (tied)
-    """
-    if covariance_type == "full":
-        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    if covariance_type == "tied":
-        return np.log(np.diagonal(prec_chol)).sum()
-    if covariance_type == "diag":
-        return np.log(prec_chol).sum(axis=1)
-    return n_features * np.log(prec_chol)
-
-
-@dataclass
-class Params:
-    """Mixture parameters in float64, as the kernels use them.
-
-    Attributes
-    ----------
-    weights : ndarray of shape (K,)
-    means : ndarray of shape (K, D)
-    prec_chol : ndarray
-        Precision Cholesky factors, shaped by ``covariance_type``.
-    covariance_type : str
-    covariances : ndarray or None
-        Shaped like ``prec_chol``; None when the parameters came from
-        user-given precisions and no M-step has run yet.
-    """
-
-    weights: np.ndarray
-    means: np.ndarray
-    prec_chol: np.ndarray
-    covariance_type: str
-    covariances: np.ndarray | None = None
-
-    @property
-    def shift(self):
-        """The mixture's mean, the point every pass sums its moments about."""
-        return self.weights @ self.means / self.weights.sum()
-
-
-def weighted_log_prob(Y, params, shift):
-    """Per-component ``log(weight_k) + log N(x | mean_k, cov_k)``.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (n, D)
-        Rows minus ``shift``, float64.
-    params : Params
-    shift : ndarray of shape (D,)
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-    """
-    n_features = Y.shape[1]
-    maha = SQUARED_MAHALANOBIS[params.covariance_type](
-        Y, params.means - shift, params.prec_chol
-    )
-    log_det = log_det_cholesky(params.prec_chol, params.covariance_type, n_features)
-    maha += n_features * math.log(2 * math.pi)
-    maha *= -0.5
-    maha += log_det
-    with np.errstate(divide="ignore"):
-        maha += np.log(params.weights)
-    return maha
-
-
-def _second_moments(Y, Rw, covariance_type):
-    """Second moments about the shift for one row block.
-
-    Parameters
-    ----------
-    Y : ndarray of shape (n, D)
-        Shifted rows.
-    Rw : ndarray of shape (n, K)
-        Responsibilities times sample weights.
-    covariance_type : str
-
-    Returns
-    -------
-    ndarray
-        full ``(K, D, D)``, tied ``(D, D)``, diag ``(K, D)``, spherical ``(K,)``.
-    """
-    if covariance_type == "full":
-        # One (D, n) @ (n, D) product per component; on row blocks this beats
-        # a single product over an (n, K*D) temporary, which leaves the cache.
-        YT = np.ascontiguousarray(Y.T)
-        return np.stack([(YT * Rw[:, k]) @ Y for k in range(Rw.shape[1])])
-    if covariance_type == "tied":
-        row_weights = Rw.sum(axis=1)
-        return (Y * row_weights[:, None]).T @ Y
-    if covariance_type == "diag":
-        return Rw.T @ (Y * Y)
-    return Rw.T @ np.einsum("nd,nd->n", Y, Y)
-
-
-def empty_stats(n_components, n_features, covariance_type, shift):
-    """Zero statistics, the identity of :func:`combine_stats`.
-
-    Returns
-    -------
-    SuffStats
-    """
-    s2_shape = {
-        "full": (n_components, n_features, n_features),
-        "tied": (n_features, n_features),
-        "diag": (n_components, n_features),
-        "spherical": (n_components,),
-    }[covariance_type]
-    return SuffStats(
-        n=0.0,
-        log_likelihood=0.0,
-        nk=np.zeros(n_components),
-        s1=np.zeros((n_components, n_features)),
-        s2=np.zeros(s2_shape),
-        shift=np.asarray(shift, dtype=np.float64),
-    )
-
-
-def _accumulate(stats, Y, R, w, covariance_type, second_moments=True):
-    """Add one row block's responsibility-weighted sums into ``stats``."""
-    Rw = R if w is None else R * w[:, None]
-    stats.nk += Rw.sum(axis=0)
-    stats.s1 += Rw.T @ Y
-    if second_moments:
-        stats.s2 += _second_moments(Y, Rw, covariance_type)
-    stats.n += Y.shape[0] if w is None else w.sum()
-
-
-def _row_blocks(X, w, shift):
-    """Yield ``(start, Y, w)`` for row blocks of ``X`` shifted, in float64."""
-    for start in range(0, X.shape[0], ROW_BLOCK):
-        stop = start + ROW_BLOCK
-        Y = np.asarray(X[start:stop], dtype=np.float64) - shift
-        yield start, Y, (None if w is None else np.asarray(w[start:stop], np.float64))
 
 
 class NonFiniteInputError(ValueError):
@@ -385,7 +79,354 @@ def _where(chunk_index):
     return "" if chunk_index is None else f" in chunk {chunk_index}"
 
 
-def _responsibilities(wlp):
+@dataclass
+class Params:
+    """Mixture parameters in float64, as the kernels use them.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (K,)
+    means : ndarray of shape (K, D)
+    prec_chol : ndarray
+        Precision Cholesky factors: full ``(K, D, D)``, tied ``(D, D)``, diag
+        ``(K, D)``, spherical ``(K,)``.
+    covariance_type : str
+    covariances : ndarray or None
+        Shaped like ``prec_chol``; None when the parameters came from
+        user-given precisions and no M-step has run yet.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    prec_chol: np.ndarray
+    covariance_type: str
+    covariances: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------
+# Sufficient statistics and their combine.
+
+
+def triu_indices(n_features):
+    """Row and column of each packed upper-triangle entry, row by row."""
+    return np.triu_indices(n_features)
+
+
+def unpack_symmetric(packed, n_features):
+    """``(..., T)`` packed upper triangles to ``(..., D, D)`` symmetric matrices."""
+    rows, cols = triu_indices(n_features)
+    out = np.empty(packed.shape[:-1] + (n_features, n_features))
+    out[..., rows, cols] = packed
+    out[..., cols, rows] = packed
+    return out
+
+
+@dataclass
+class SuffStats:
+    """Sufficient statistics of one or more row blocks, all in float64.
+
+    Attributes
+    ----------
+    n : float
+        Sum of the sample weights (the number of rows when unweighted).
+    log_likelihood : float
+        Sum over rows of ``weight * log p(x)`` (minus the inertia for a k-means step).
+    nk : ndarray of shape (K,)
+        Sum of weighted responsibilities per component.
+    s1 : ndarray of shape (K, D)
+        Sum of ``r * (x - shift)`` per component.
+    s2 : ndarray or None
+        Second moments about ``shift`` in the form the covariance type needs:
+        full ``(K, T)`` packed upper triangles of ``sum r (x-shift)(x-shift)^T``,
+        tied ``(D, D)`` (summed over all rows), diag ``(K, D)``, spherical
+        ``(K,)``. None when not asked for.
+    shift : ndarray of shape (D,)
+        The point the moments were taken about.
+    covariance_type : str
+    """
+
+    n: float
+    log_likelihood: float
+    nk: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray | None
+    shift: np.ndarray
+    covariance_type: str = "full"
+    _partial_ll: list = field(default_factory=list, repr=False, compare=False)
+
+
+def empty_stats(n_components, n_features, covariance_type, shift, second_moments=True):
+    """Zero statistics about ``shift``.
+
+    Returns
+    -------
+    SuffStats
+    """
+    s2_shape = {
+        "full": (n_components, n_features * (n_features + 1) // 2),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }[covariance_type]
+    return SuffStats(
+        n=0.0,
+        log_likelihood=0.0,
+        nk=np.zeros(n_components),
+        s1=np.zeros((n_components, n_features)),
+        s2=np.zeros(s2_shape) if second_moments else None,
+        shift=np.asarray(shift, dtype=np.float64),
+        covariance_type=covariance_type,
+    )
+
+
+def translate_stats(stats, new_shift):
+    """The same statistics with moments taken about ``new_shift`` (exact identity).
+
+    With ``d = shift - new_shift``, ``x - new_shift = (x - shift) + d``, so
+    ``s1' = s1 + nk d`` and ``s2' = s2 + s1 d^T + d s1^T + nk d d^T``.
+    """
+    d = stats.shift - new_shift
+    if not d.any():
+        return stats
+    nk, s1, s2 = stats.nk, stats.s1, stats.s2
+    if s2 is not None:
+        kind = stats.covariance_type
+        if kind == "full":
+            rows, cols = triu_indices(len(d))
+            s2 = s2 + s1[:, rows] * d[cols] + d[rows] * s1[:, cols] + nk[:, None] * (
+                d[rows] * d[cols]
+            )
+        elif kind == "tied":
+            total = s1.sum(axis=0)
+            s2 = s2 + np.outer(total, d) + np.outer(d, total) + stats.n * np.outer(d, d)
+        elif kind == "diag":
+            s2 = s2 + 2 * s1 * d + nk[:, None] * d**2
+        else:
+            s2 = s2 + 2 * s1 @ d + nk * (d @ d)
+    return SuffStats(
+        n=stats.n,
+        log_likelihood=stats.log_likelihood,
+        nk=nk,
+        s1=s1 + nk[:, None] * d,
+        s2=s2,
+        shift=np.asarray(new_shift, dtype=np.float64),
+        covariance_type=stats.covariance_type,
+    )
+
+
+def combine_stats(*parts):
+    """Add the statistics of several blocks; associative, same type in and out.
+
+    Parts taken about different points are first moved to their
+    weight-averaged point, so the result does not depend on the tree shape
+    beyond rounding.
+
+    Parameters
+    ----------
+    *parts : SuffStats
+
+    Returns
+    -------
+    SuffStats
+    """
+    if len(parts) == 1:
+        return parts[0]
+    total = math.fsum(p.n for p in parts)
+    if total > 0:
+        shift = sum(p.n * p.shift for p in parts) / total
+    else:
+        shift = parts[0].shift
+    moved = [translate_stats(p, shift) for p in parts]
+    first = moved[0]
+    return SuffStats(
+        n=total,
+        log_likelihood=math.fsum(p.log_likelihood for p in moved),
+        nk=np.sum([p.nk for p in moved], axis=0),
+        s1=np.sum([p.s1 for p in moved], axis=0),
+        s2=None if first.s2 is None else np.sum([p.s2 for p in moved], axis=0),
+        shift=shift,
+        covariance_type=first.covariance_type,
+    )
+
+
+def combine_stat_lists(*lists):
+    """Combine lists of statistics element by element (one list per chunk)."""
+    return [combine_stats(*items) for items in zip(*lists)]
+
+
+# --------------------------------------------------------------------------
+# One block of shifted rows, with lazily built quadratic features.
+
+
+class RowBlock:
+    """Shifted rows of one block and what several requests can share.
+
+    Attributes
+    ----------
+    Y : ndarray of shape (n, D)
+        Rows minus the chunk's shift, float64.
+    w : ndarray of shape (n,) or None
+        Sample weights.
+    start : int
+        Index of the first row within the chunk.
+    """
+
+    def __init__(self, Y, w, start):
+        self.Y = Y
+        self.w = w
+        self.start = start
+        self._quad_t = None
+
+    @property
+    def n(self):
+        return self.Y.shape[0]
+
+    @property
+    def quad_t(self):
+        """Packed products ``y_i y_j`` (i <= j), transposed: shape ``(T, n)``; built once.
+
+        Built row by row of the transposed layout, where every write is a
+        contiguous run (twice as fast as filling ``(n, T)`` column slices).
+        """
+        if self._quad_t is None:
+            n, n_features = self.Y.shape
+            YT = np.ascontiguousarray(self.Y.T)
+            quad_t = np.empty((n_features * (n_features + 1) // 2, n))
+            offset = 0
+            for i in range(n_features):
+                width = n_features - i
+                np.multiply(YT[i : i + 1], YT[i:], out=quad_t[offset : offset + width])
+                offset += width
+            self._quad_t = quad_t
+        return self._quad_t
+
+    def weighted(self, R):
+        """Responsibilities times sample weights."""
+        return R if self.w is None else R * self.w[:, None]
+
+    def total_weight(self):
+        return float(self.n) if self.w is None else float(self.w.sum())
+
+
+def _row_blocks(X, sample_weight):
+    """Yield ``(start, rows float64, weights)`` for the row blocks of ``X``."""
+    for start in range(0, X.shape[0], ROW_BLOCK):
+        stop = start + ROW_BLOCK
+        w = None if sample_weight is None else np.asarray(sample_weight[start:stop], np.float64)
+        yield start, np.asarray(X[start:stop], dtype=np.float64), w
+
+
+def chunk_shift(X):
+    """A point near the chunk's data: the mean of its first row block."""
+    head = np.asarray(X[:ROW_BLOCK], dtype=np.float64)
+    shift = head.mean(axis=0)
+    if not np.isfinite(shift).all():
+        shift = np.zeros(X.shape[1])  # the row check reports the bad rows
+    return shift
+
+
+# --------------------------------------------------------------------------
+# Log densities, one kernel per covariance type.
+
+
+def _squared_mahalanobis_full(block, means, params):
+    """``|(y - m_k) U_k|^2`` for all components through one whitening product.
+
+    Columns ``k*D .. (k+1)*D`` of the stacked factor hold ``U_k``, so
+    ``Y @ stacked`` whitens the rows for every component at once. Whitening
+    before squaring keeps the accuracy of scikit-learn's form; expanding
+    ``y^T Lambda y - 2 y^T Lambda m + m^T Lambda m`` is cheaper but lost 4e-5 in
+    the log-density of a component with condition number 1e8.
+    """
+    n, n_features = block.Y.shape
+    prec_chol = params.prec_chol
+    n_components = prec_chol.shape[0]
+    stacked = prec_chol.transpose(1, 0, 2).reshape(n_features, -1)
+    offsets = np.einsum("kd,kde->ke", means, prec_chol).reshape(-1)
+    Z = block.Y @ stacked
+    Z -= offsets
+    # einsum squares and sums the short last axis in one pass, ~4x faster than
+    # np.square followed by .sum(axis=2)
+    Z = Z.reshape(n, n_components, n_features)
+    return np.einsum("nkd,nkd->nk", Z, Z)
+
+
+def _squared_mahalanobis_tied(block, means, params):
+    """Whitened distances for one shared covariance: one ``(n, D) @ (D, D)`` product."""
+    Z = block.Y @ params.prec_chol
+    M = means @ params.prec_chol
+    out = Z @ M.T
+    out *= -2.0
+    out += np.einsum("nd,nd->n", Z, Z)[:, None]
+    out += np.einsum("kd,kd->k", M, M)
+    return out
+
+
+def _squared_mahalanobis_diag(block, means, params):
+    """Distances for diagonal covariances through two ``(n, D) @ (D, K)`` products."""
+    precisions = params.prec_chol**2
+    Y = block.Y
+    out = Y @ (means * precisions).T
+    out *= -2.0
+    out += (Y * Y) @ precisions.T
+    out += np.einsum("kd,kd->k", means * means, precisions)
+    return out
+
+
+def _squared_mahalanobis_spherical(block, means, params):
+    """Distances for one variance per component."""
+    precisions = params.prec_chol**2
+    Y = block.Y
+    out = Y @ means.T
+    out *= -2.0
+    out += np.einsum("nd,nd->n", Y, Y)[:, None]
+    out += np.einsum("kd,kd->k", means, means)
+    out *= precisions
+    return out
+
+
+SQUARED_MAHALANOBIS = {
+    "full": _squared_mahalanobis_full,
+    "tied": _squared_mahalanobis_tied,
+    "diag": _squared_mahalanobis_diag,
+    "spherical": _squared_mahalanobis_spherical,
+}
+
+
+def log_det_cholesky(prec_chol, covariance_type, n_features):
+    """Log-determinant of the precision Cholesky factors, shape ``(K,)`` (tied: scalar)."""
+    if covariance_type == "full":
+        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    if covariance_type == "tied":
+        return np.log(np.diagonal(prec_chol)).sum()
+    if covariance_type == "diag":
+        return np.log(prec_chol).sum(axis=1)
+    return n_features * np.log(prec_chol)
+
+
+def weighted_log_prob(block, params, shift):
+    """Per-component ``log(weight_k) + log N(x | mean_k, cov_k)``, shape ``(n, K)``.
+
+    Parameters
+    ----------
+    block : RowBlock
+        Rows minus ``shift``.
+    params : Params
+    shift : ndarray of shape (D,)
+    """
+    n_features = block.Y.shape[1]
+    maha = SQUARED_MAHALANOBIS[params.covariance_type](block, params.means - shift, params)
+    np.maximum(maha, 0.0, out=maha)  # rounding in the expanded forms
+    log_det = log_det_cholesky(params.prec_chol, params.covariance_type, n_features)
+    maha += n_features * math.log(2 * math.pi)
+    maha *= -0.5
+    maha += log_det
+    with np.errstate(divide="ignore"):
+        maha += np.log(params.weights)
+    return maha
+
+
+def responsibilities(wlp):
     """Responsibilities and log-normaliser from weighted log densities, in place.
 
     Parameters
@@ -412,115 +453,171 @@ def _responsibilities(wlp):
     return resp, log_norm
 
 
-def e_step_stats(X, params, shift, sample_weight=None, row_start=0, chunk_index=None):
-    """E-step and partial M-step sums for one chunk: the ``chunk`` function.
+def _accumulate(stats, block, R):
+    """Add one block's responsibility-weighted sums into ``stats``."""
+    Rw = block.weighted(R)
+    Y = block.Y
+    stats.nk += Rw.sum(axis=0)
+    stats.s1 += Rw.T @ Y
+    stats.n += block.total_weight()
+    if stats.s2 is None:
+        return
+    kind = stats.covariance_type
+    if kind == "full":
+        stats.s2 += (block.quad_t @ Rw).T
+    elif kind == "tied":
+        Yw = Y if block.w is None else Y * block.w[:, None]
+        stats.s2 += Yw.T @ Y
+    elif kind == "diag":
+        stats.s2 += Rw.T @ (Y * Y)
+    else:
+        stats.s2 += Rw.T @ np.einsum("nd,nd->n", Y, Y)
+
+
+# --------------------------------------------------------------------------
+# Requests: what a pass computes from each chunk.
+
+
+class EStep:
+    """E-step plus the partial M-step sums under ``params`` (one EM iteration)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def empty(self, n_features, shift):
+        return empty_stats(len(self.params.weights), n_features,
+                           self.params.covariance_type, shift)
+
+    def accumulate(self, block, stats):
+        with np.errstate(invalid="ignore", over="ignore"):
+            R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
+        _accumulate(stats, block, R)
+        stats._partial_ll.append(log_norm.sum() if block.w is None else log_norm @ block.w)
+
+
+class HardAssignment:
+    """A k-means (Lloyd) step: each row belongs wholly to its nearest center.
+
+    ``log_likelihood`` holds minus the weighted inertia. With
+    ``second_moments=True`` the statistics also give the mixture parameters
+    of that hard assignment (the 'kmeans' initialisation).
+    """
+
+    def __init__(self, centers, covariance_type, second_moments=True):
+        self.centers = centers
+        self.covariance_type = covariance_type
+        self.second_moments = second_moments
+
+    def empty(self, n_features, shift):
+        return empty_stats(len(self.centers), n_features, self.covariance_type, shift,
+                           self.second_moments)
+
+    def accumulate(self, block, stats):
+        centers = self.centers - stats.shift
+        Y = block.Y
+        dist = Y @ centers.T
+        dist *= -2.0
+        dist += np.einsum("kd,kd->k", centers, centers)
+        labels = dist.argmin(axis=1)
+        rows = np.arange(block.n)
+        closest = dist[rows, labels] + np.einsum("nd,nd->n", Y, Y)
+        R = np.zeros((block.n, len(centers)))
+        R[rows, labels] = 1.0
+        _accumulate(stats, block, R)
+        stats._partial_ll.append(-(closest.sum() if block.w is None else closest @ block.w))
+
+
+class RandomResponsibilities:
+    """Sums for uniform random responsibilities (the 'random' initialisation).
+
+    Each chunk draws from its own generator, seeded by ``(seed, chunk index)``,
+    so the result depends on the seed and the chunking only.
+    """
+
+    def __init__(self, n_components, covariance_type, seed):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.seed = seed
+
+    def empty(self, n_features, shift):
+        return empty_stats(self.n_components, n_features, self.covariance_type, shift)
+
+    def start_chunk(self, chunk_index):
+        self._rng = np.random.default_rng([self.seed, chunk_index or 0])
+
+    def accumulate(self, block, stats):
+        resp = self._rng.uniform(size=(block.n, self.n_components))
+        resp /= resp.sum(axis=1, keepdims=True)
+        _accumulate(stats, block, resp)
+
+
+class LogLikelihood:
+    """Only ``n`` and ``sum(weight * log p(x))`` under ``params`` (for BIC/AIC)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def empty(self, n_features, shift):
+        return empty_stats(0, n_features, "spherical", shift, second_moments=False)
+
+    def accumulate(self, block, stats):
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
+        stats.n += block.total_weight()
+        stats._partial_ll.append(log_norm.sum() if block.w is None else log_norm @ block.w)
+
+
+def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
+    """Every request's statistics from one chunk: the ``chunk`` function of a pass.
+
+    The rows are converted, shifted and checked once, and the quadratic
+    features built once, for all requests.
 
     Parameters
     ----------
     X : ndarray of shape (n, D)
-        One row block, any float dtype.
-    params : Params
-        Parameters of the current EM round (float64).
-    shift : ndarray of shape (D,)
+        One row chunk, any float dtype.
+    requests : list of EStep, HardAssignment, RandomResponsibilities or LogLikelihood
     sample_weight : ndarray of shape (n,) or None
     row_start : int
         Index of ``X[0]`` in the whole input (for error messages).
     chunk_index : int or None
-        Which chunk this is (for error messages).
+        Which chunk this is (for error messages and random streams).
 
     Returns
     -------
-    SuffStats
+    list of SuffStats
+        One per request, in order.
     """
-    n_components, n_features = params.means.shape
-    stats = empty_stats(n_components, n_features, params.covariance_type, shift)
-    log_likelihood = []
-    for start, Y, w in _row_blocks(X, sample_weight, shift):
-        with np.errstate(invalid="ignore", over="ignore"):
-            R, log_norm = _responsibilities(weighted_log_prob(Y, params, shift))
-        if not np.isfinite(log_norm).all():
-            check_finite_rows(Y, row_start + start, _where(chunk_index))
-        _accumulate(stats, Y, R, w, params.covariance_type)
-        log_likelihood.append(log_norm.sum() if w is None else log_norm @ w)
-    stats.log_likelihood = math.fsum(log_likelihood)
+    n_features = X.shape[1]
+    shift = chunk_shift(X)
+    stats = [request.empty(n_features, shift) for request in requests]
+    for request in requests:
+        if hasattr(request, "start_chunk"):
+            request.start_chunk(chunk_index)
+    for start, rows, w in _row_blocks(X, sample_weight):
+        Y = rows - shift
+        if not np.isfinite(Y).all():
+            check_finite_rows(rows, row_start + start, _where(chunk_index))
+        block = RowBlock(Y, w, start)
+        for request, st in zip(requests, stats):
+            request.accumulate(block, st)
+    for st in stats:
+        st.log_likelihood = math.fsum(st._partial_ll)
+        st._partial_ll = []
     return stats
 
 
-def hard_assignment_stats(
-    X,
-    centers,
-    covariance_type,
-    shift,
-    sample_weight=None,
-    row_start=0,
-    chunk_index=None,
-    second_moments=True,
-):
-    """Sums for a Lloyd (k-means) step: each row belongs to its nearest center.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, D)
-    centers : ndarray of shape (K, D)
-    covariance_type : str
-        Decides the form of the second moments.
-    shift : ndarray of shape (D,)
-    sample_weight : ndarray of shape (n,) or None
-    row_start, chunk_index : int
-        For error messages.
-    second_moments : bool
-        When False, ``s2`` stays zero (a plain Lloyd step needs only ``s1``).
-
-    Returns
-    -------
-    SuffStats
-        ``log_likelihood`` holds minus the (weighted) inertia.
-    """
-    n_components, n_features = centers.shape
-    stats = empty_stats(n_components, n_features, covariance_type, shift)
-    shifted_centers = centers - shift
-    center_norms = np.einsum("kd,kd->k", shifted_centers, shifted_centers)
-    inertia = []
-    for start, Y, w in _row_blocks(X, sample_weight, shift):
-        with np.errstate(invalid="ignore", over="ignore"):
-            dist = Y @ shifted_centers.T
-            dist *= -2.0
-            dist += center_norms
-            labels = dist.argmin(axis=1)
-            closest = dist[np.arange(len(labels)), labels] + np.einsum("nd,nd->n", Y, Y)
-        if not np.isfinite(closest).all():
-            check_finite_rows(Y, row_start + start, _where(chunk_index))
-        R = np.zeros((Y.shape[0], n_components))
-        R[np.arange(Y.shape[0]), labels] = 1.0
-        _accumulate(stats, Y, R, w, covariance_type, second_moments)
-        inertia.append(closest.sum() if w is None else closest @ w)
-    stats.log_likelihood = -math.fsum(inertia)
-    return stats
+def e_step_stats(X, params, sample_weight=None, row_start=0, chunk_index=None):
+    """One chunk's E-step statistics (a single-request :func:`chunk_pass`)."""
+    return chunk_pass(X, [EStep(params)], sample_weight, row_start, chunk_index)[0]
 
 
-def responsibility_stats(X, resp, covariance_type, shift, sample_weight=None,
-                         row_start=0, chunk_index=None):
-    """Sums for given responsibilities (the ``'random'`` initialisation).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, D)
-    resp : ndarray of shape (n, K)
-    covariance_type : str
-    shift : ndarray of shape (D,)
-    sample_weight : ndarray of shape (n,) or None
-
-    Returns
-    -------
-    SuffStats
-    """
-    check_finite_rows(X, row_start, _where(chunk_index))
-    n_components = resp.shape[1]
-    stats = empty_stats(n_components, X.shape[1], covariance_type, shift)
-    for start, Y, w in _row_blocks(X, sample_weight, shift):
-        R = np.asarray(resp[start:start + ROW_BLOCK], dtype=np.float64)
-        _accumulate(stats, Y, R, w, covariance_type)
-    return stats
+def hard_assignment_stats(X, centers, covariance_type, sample_weight=None,
+                          second_moments=True):
+    """One chunk's k-means statistics (a single-request :func:`chunk_pass`)."""
+    request = HardAssignment(centers, covariance_type, second_moments)
+    return chunk_pass(X, [request], sample_weight)[0]
 
 
 # --------------------------------------------------------------------------
@@ -631,7 +728,7 @@ def m_step(stats, covariance_type, reg_covar, eps, float32_input=False):
     nk = stats.nk + 10 * eps
     local_means = stats.s1 / nk[:, None]  # means relative to the shift
     if covariance_type == "full":
-        cov = stats.s2 / nk[:, None, None]
+        cov = unpack_symmetric(stats.s2, local_means.shape[1]) / nk[:, None, None]
         cov -= local_means[:, :, None] * local_means[:, None, :]
         n_features = cov.shape[-1]
         cov[:, np.arange(n_features), np.arange(n_features)] += reg_covar
@@ -661,7 +758,7 @@ def m_step(stats, covariance_type, reg_covar, eps, float32_input=False):
 
 
 def log_resp_and_norm(X, params):
-    """Log responsibilities and per-row log-likelihood for one block.
+    """Log responsibilities and per-row log-likelihood for one block of rows.
 
     Parameters
     ----------
@@ -673,15 +770,19 @@ def log_resp_and_norm(X, params):
     log_resp : ndarray of shape (n, K), float64
     log_norm : ndarray of shape (n,), float64
     """
-    shift = params.shift
     n = X.shape[0]
-    n_components = params.means.shape[0]
-    log_resp = np.empty((n, n_components))
+    shift = chunk_shift(X)
+    log_resp = np.empty((n, len(params.weights)))
     log_norm = np.empty(n)
-    for start, Y, _ in _row_blocks(X, None, shift):
-        wlp = weighted_log_prob(Y, params, shift)
-        norm = logsumexp(wlp, axis=1)
-        stop = start + Y.shape[0]
+    for start, rows, _ in _row_blocks(X, None):
+        block = RowBlock(rows - shift, None, start)
+        with np.errstate(invalid="ignore", over="ignore"):
+            wlp = weighted_log_prob(block, params, shift)
+        stop = start + block.n
+        top = wlp.max(axis=1)
+        top[~np.isfinite(top)] = 0.0
+        with np.errstate(divide="ignore"):
+            norm = np.log(np.exp(wlp - top[:, None]).sum(axis=1)) + top
         log_norm[start:stop] = norm
         log_resp[start:stop] = wlp - norm[:, None]
     return log_resp, log_norm

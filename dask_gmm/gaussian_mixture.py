@@ -275,7 +275,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._validate_hyperparameters()
         X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
         data = prepare_rows(X, lazy, sample_weight)
-        run_steps(self._fit_steps(data, X.dtype))
+        run_steps(data, self._fit_steps(data, X.dtype))
 
     def _fit_steps(self, data, dtype):
         """Step generator of a whole fit: yields passes, sets the attributes at the end.
@@ -366,7 +366,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         for n_iter in range(1, self.max_iter + 1):
             start = perf_counter()
             previous = lower_bound
-            stats = yield data.map_reduce(K.e_step_stats, params, params.shift)
+            stats = yield K.EStep(params)
             params, lower_bound = K.m_step(
                 stats, self.covariance_type, self.reg_covar, eps, float32_input
             )

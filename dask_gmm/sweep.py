@@ -21,25 +21,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels as K
-from ._engine import compute, run_together
+from ._engine import compute_round, run_together
 from ._validation import check_X
 from .gaussian_mixture import GaussianMixture, InvalidParameterError, prepare_rows
 
 CRITERIA = ("bic", "aic")
-
-
-def _log_likelihood_stats(X, params, sample_weight=None, row_start=0, chunk_index=None):
-    """Per-chunk ``sum(weight * log p(x))`` under final parameters (for BIC/AIC)."""
-    stats = K.empty_stats(0, X.shape[1], "spherical", np.zeros(X.shape[1]))
-    _, log_norm = K.log_resp_and_norm(X, params)
-    if not np.isfinite(log_norm).all():
-        K.check_finite_rows(X, row_start, f" in chunk {chunk_index}")
-    if sample_weight is None:
-        stats.n, stats.log_likelihood = float(X.shape[0]), math.fsum(log_norm)
-    else:
-        weights = np.asarray(sample_weight, dtype=np.float64)
-        stats.n, stats.log_likelihood = weights.sum(), float(log_norm @ weights)
-    return stats
 
 
 def _as_list(value, name, kind):
@@ -194,6 +180,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
 
         try:
             outcomes = run_together(
+                data,
                 [timed(i, c) for i, c in enumerate(candidates)],
                 on_round=on_round,
                 isolate=(ValueError, np.linalg.LinAlgError, FloatingPointError),
@@ -213,9 +200,8 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         """``(sum of weights, sum of weighted log p(x))`` per model, in one shared pass."""
         if not models:
             return []
-        passes = [data.map_reduce(_log_likelihood_stats, m._current_params())
-                  for m in models]
-        return [(s.n, s.log_likelihood) for s in compute(*passes)]
+        requests = [K.LogLikelihood(m._current_params()) for m in models]
+        return [(s.n, s.log_likelihood) for s in compute_round(data, requests)]
 
     def _record(self, candidates, outcomes, scores, finished_at):
         n = len(candidates)

@@ -24,28 +24,37 @@ def fitted_reference(covariance_type):
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_weighted_log_prob_matches_sklearn_densities(covariance_type):
     X, gm, params = fitted_reference(covariance_type)
-    shift = params.shift
-    wlp = K.weighted_log_prob(X - shift, params, shift)
+    shift = X.mean(axis=0)
+    wlp = K.weighted_log_prob(K.RowBlock(X - shift, None, 0), params, shift)
     np.testing.assert_allclose(logsumexp(wlp, axis=1), gm.score_samples(X), rtol=1e-10)
-    np.testing.assert_allclose(np.exp(wlp - logsumexp(wlp, axis=1)[:, None]),
-                               gm.predict_proba(X), atol=1e-10)
+    resp, log_norm = K.responsibilities(wlp.copy())
+    np.testing.assert_allclose(log_norm, gm.score_samples(X), rtol=1e-10)
+    np.testing.assert_allclose(resp, gm.predict_proba(X), atol=1e-10)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_combine_is_associative_and_split_invariant(covariance_type):
+    """Chunks sum their moments about points of their own; combine moves them."""
     X, _, params = fitted_reference(covariance_type)
-    shift = params.shift
-    whole = K.e_step_stats(X, params, shift)
-    parts = [K.e_step_stats(X[a:b], params, shift) for a, b in
+    whole = K.e_step_stats(X, params)
+    parts = [K.e_step_stats(X[a:b], params) for a, b in
              [(0, 7), (7, 300), (300, 301), (301, 600)]]
+    assert not np.allclose(parts[0].shift, parts[3].shift)
     left = K.combine_stats(K.combine_stats(parts[0], parts[1]), K.combine_stats(*parts[2:]))
     flat = K.combine_stats(*parts)
+    eps = np.finfo(np.float64).eps
+    reference, _ = K.m_step(whole, covariance_type, 1e-6, eps)
     for combined in (left, flat):
         assert combined.n == whole.n == 600
         np.testing.assert_allclose(combined.log_likelihood, whole.log_likelihood, rtol=1e-12)
         np.testing.assert_allclose(combined.nk, whole.nk, rtol=1e-12)
-        np.testing.assert_allclose(combined.s1, whole.s1, rtol=1e-10, atol=1e-9)
-        np.testing.assert_allclose(combined.s2, whole.s2, rtol=1e-10)
+        moved = K.translate_stats(combined, whole.shift)
+        np.testing.assert_allclose(moved.s1, whole.s1, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(moved.s2, whole.s2, rtol=1e-9, atol=1e-9)
+        params_combined, _ = K.m_step(combined, covariance_type, 1e-6, eps)
+        np.testing.assert_allclose(params_combined.means, reference.means, rtol=1e-10)
+        np.testing.assert_allclose(params_combined.covariances, reference.covariances,
+                                   rtol=1e-10)
     assert K.combine_stats(whole) is whole
 
 
@@ -53,7 +62,7 @@ def test_combine_is_associative_and_split_invariant(covariance_type):
 def test_m_step_equals_sklearn_update(covariance_type):
     """One E-step + M-step from the same start equals scikit-learn's first iteration."""
     X, gm, params = fitted_reference(covariance_type)
-    stats = K.e_step_stats(X, params, params.shift)
+    stats = K.e_step_stats(X, params)
     new, mean_ll = K.m_step(stats, covariance_type, 1e-6, np.finfo(np.float64).eps)
     one_step = SklearnGaussianMixture(
         4, covariance_type=covariance_type, max_iter=1, weights_init=gm.weights_,
@@ -70,10 +79,9 @@ def test_m_step_equals_sklearn_update(covariance_type):
 
 def test_row_blocks_inside_a_chunk_do_not_change_the_sums(monkeypatch):
     X, _, params = fitted_reference("full")
-    shift = params.shift
-    reference = K.e_step_stats(X, params, shift)
+    reference = K.e_step_stats(X, params)
     monkeypatch.setattr(K, "ROW_BLOCK", 37)
-    blocked = K.e_step_stats(X, params, shift)
+    blocked = K.translate_stats(K.e_step_stats(X, params), reference.shift)
     np.testing.assert_allclose(blocked.s2, reference.s2, rtol=1e-12)
     np.testing.assert_allclose(blocked.log_likelihood, reference.log_likelihood, rtol=1e-12)
 
@@ -81,8 +89,9 @@ def test_row_blocks_inside_a_chunk_do_not_change_the_sums(monkeypatch):
 def test_sample_weight_equals_repeated_rows():
     X, _, params = fitted_reference("diag")
     weights = np.random.RandomState(0).randint(0, 4, size=X.shape[0])
-    weighted = K.e_step_stats(X, params, params.shift, sample_weight=weights)
-    repeated = K.e_step_stats(np.repeat(X, weights, axis=0), params, params.shift)
+    weighted = K.e_step_stats(X, params, sample_weight=weights)
+    repeated = K.e_step_stats(np.repeat(X, weights, axis=0), params)
+    repeated = K.translate_stats(repeated, weighted.shift)
     assert weighted.n == repeated.n
     np.testing.assert_allclose(weighted.s2, repeated.s2, rtol=1e-10)
     np.testing.assert_allclose(weighted.log_likelihood, repeated.log_likelihood, rtol=1e-12)
@@ -96,9 +105,9 @@ def test_second_moments_about_a_shift_keep_their_digits(covariance_type):
     moved = K.Params(params.weights, params.means + offset, params.prec_chol,
                      covariance_type)
     eps = np.finfo(np.float64).eps
-    base, _ = K.m_step(K.e_step_stats(X, params, params.shift), covariance_type, 1e-6, eps)
-    far, _ = K.m_step(K.e_step_stats(X + offset, moved, moved.shift), covariance_type,
-                      1e-6, eps)
+    base, _ = K.m_step(K.e_step_stats(X, params), covariance_type, 1e-6, eps)
+    parts = [K.e_step_stats(X[a:a + 100] + offset, moved) for a in range(0, 600, 100)]
+    far, _ = K.m_step(K.combine_stats(*parts), covariance_type, 1e-6, eps)
     np.testing.assert_allclose(far.covariances, base.covariances, rtol=1e-8)
     np.testing.assert_allclose(far.means - offset, base.means, rtol=1e-8, atol=1e-8)
 
@@ -133,16 +142,70 @@ def test_non_finite_rows_are_named():
     X = X.copy()
     X[123, 1] = np.nan
     with pytest.raises(ValueError, match=r"NaN in chunk 5: rows \[1123\]"):
-        K.e_step_stats(X, params, params.shift, row_start=1000, chunk_index=5)
+        K.e_step_stats(X, params, row_start=1000, chunk_index=5)
     X[123, 1] = np.inf
     with pytest.raises(ValueError, match="infinity"):
-        K.hard_assignment_stats(X, params.means, "full", params.shift)
+        K.hard_assignment_stats(X, params.means, "full")
+    X[0, 0] = np.nan  # the chunk's own shift comes from its first rows
+    with pytest.raises(ValueError, match=r"rows \[0, 123\]"):
+        K.e_step_stats(X, params)
 
 
 def test_hard_assignment_matches_nearest_center():
     X, _, params = fitted_reference("full")
-    stats = K.hard_assignment_stats(X, params.means, "full", params.shift)
+    stats = K.hard_assignment_stats(X, params.means, "full")
     labels = ((X[:, None, :] - params.means[None]) ** 2).sum(axis=2).argmin(axis=1)
     np.testing.assert_array_equal(stats.nk, np.bincount(labels, minlength=4))
     inertia = ((X - params.means[labels]) ** 2).sum()
     np.testing.assert_allclose(-stats.log_likelihood, inertia, rtol=1e-10)
+
+
+def test_one_chunk_pass_serves_many_requests_like_separate_passes():
+    X, _, full = fitted_reference("full")
+    _, _, diag = fitted_reference("diag")
+    requests = [K.EStep(full), K.EStep(diag), K.LogLikelihood(full),
+                K.HardAssignment(full.means, "tied"),
+                K.RandomResponsibilities(3, "spherical", seed=5)]
+    together = K.chunk_pass(X, requests, chunk_index=2)
+    for request, stats in zip(requests, together):
+        alone = K.chunk_pass(X, [request], chunk_index=2)[0]
+        assert stats.n == alone.n
+        np.testing.assert_allclose(stats.log_likelihood, alone.log_likelihood, rtol=1e-14)
+        np.testing.assert_allclose(stats.s1, alone.s1, rtol=1e-14)
+        if stats.s2 is not None:
+            np.testing.assert_allclose(stats.s2, alone.s2, rtol=1e-14)
+    np.testing.assert_allclose(together[2].log_likelihood, together[0].log_likelihood,
+                               rtol=1e-12)
+
+
+def test_quadratic_features_are_the_packed_outer_products():
+    Y = np.random.RandomState(0).normal(size=(5, 4))
+    quad = K.RowBlock(Y, None, 0).quad_t.T
+    rows, cols = np.triu_indices(4)
+    np.testing.assert_allclose(quad, Y[:, rows] * Y[:, cols])
+    np.testing.assert_allclose(K.unpack_symmetric(quad.sum(axis=0), 4), Y.T @ Y)
+
+
+def test_log_density_stays_accurate_for_ill_conditioned_components():
+    """Condition number ~1e8, data far from the origin: compare with long double."""
+    rng = np.random.RandomState(0)
+    a = rng.normal(size=(2000, 3)) * [1, 1e-3, 1e-4]
+    b = rng.normal(size=(2000, 3)) * [1e-4, 1, 1e-3] + [30, -20, 10]
+    X = np.vstack([a, b]) @ np.linalg.qr(rng.normal(size=(3, 3)))[0] + 100
+    gm = SklearnGaussianMixture(2, random_state=0, reg_covar=1e-12).fit(X)
+    params = K.Params(gm.weights_, gm.means_, gm.precisions_cholesky_, "full")
+    ours = K.log_resp_and_norm(X, params)[1]
+    Xl = X.astype(np.longdouble)
+    per_component = []
+    for k in range(2):
+        U = gm.precisions_cholesky_[k].astype(np.longdouble)
+        z = (Xl - gm.means_[k].astype(np.longdouble)) @ U
+        per_component.append(-0.5 * (3 * np.log(2 * np.pi) + (z * z).sum(axis=1))
+                             + np.log(np.diag(U)).sum() + np.log(gm.weights_[k]))
+    per_component = np.array(per_component).T
+    top = per_component.max(axis=1)
+    exact = top + np.log(np.exp(per_component - top[:, None]).sum(axis=1))
+    ours_error = np.abs(ours - exact).max()
+    sklearn_error = np.abs(gm.score_samples(X) - exact).max()
+    assert ours_error < 1e-8
+    assert ours_error <= 2 * sklearn_error
