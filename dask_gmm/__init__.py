@@ -1,8 +1,10 @@
 """dask-gmm: Gaussian mixture models for arrays that do not fit in memory."""
 
 from .gaussian_mixture import GaussianMixture, InvalidParameterError
+from .io import open_array
+from .persistence import ModelFormatError, load
 from .sweep import GaussianMixtureSweep, plot_criterion
 
 __all__ = ["GaussianMixture", "GaussianMixtureSweep", "InvalidParameterError",
-           "plot_criterion"]
+           "ModelFormatError", "load", "open_array", "plot_criterion"]
 __version__ = "0.1.0"

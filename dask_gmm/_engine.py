@@ -160,12 +160,6 @@ def compute_round(data, requests):
     return results
 
 
-def run_steps(data, steps):
-    """Drive one step generator on ``data``; its return value is returned."""
-    (result,) = run_together(data, [steps], isolate=())
-    return result
-
-
 def run_together(data, steps, on_round=None, isolate=(Exception,), fatal=()):
     """Drive many step generators in lockstep: one compute per round for all.
 

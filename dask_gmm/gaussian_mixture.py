@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels as K
-from ._engine import ChunkedRows, run_steps
+from ._engine import ChunkedRows, run_together
 from ._init import initial_params
 from ._validation import (
     check_means,
@@ -47,6 +47,35 @@ def prepare_rows(X, lazy, sample_weight):
         if sample_weight is not None:
             sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
     return ChunkedRows(X, sample_weight)
+
+
+def fit_estimator(estimator, X, sample_weight=None, on_round=None):
+    """Fit ``estimator`` on ``X``; on any error it is left exactly as it was.
+
+    Parameters
+    ----------
+    estimator : GaussianMixture
+    X, sample_weight
+        As for :meth:`GaussianMixture.fit`.
+    on_round : callable or None
+        Called after every pass over the data (for progress bars).
+
+    Returns
+    -------
+    estimator
+    """
+    snapshot = dict(estimator.__dict__)
+    try:
+        estimator._validate_hyperparameters()
+        X, lazy = check_X(estimator, X, reset=True, ensure_min_samples=2)
+        data = prepare_rows(X, lazy, sample_weight)
+        (outcome,) = run_together(data, [estimator._fit_steps(data, X.dtype)],
+                                  on_round=on_round, isolate=())
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(snapshot)
+        raise
+    return outcome
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -252,14 +281,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self : GaussianMixture
         """
-        snapshot = dict(self.__dict__)
-        try:
-            self._fit(X, sample_weight)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(snapshot)
-            raise
-        return self
+        return fit_estimator(self, X, sample_weight=sample_weight)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label every row with the final parameters.
@@ -271,11 +293,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         return self.fit(X, y, sample_weight=sample_weight).predict(X)
 
-    def _fit(self, X, sample_weight):
-        self._validate_hyperparameters()
-        X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
-        data = prepare_rows(X, lazy, sample_weight)
-        run_steps(data, self._fit_steps(data, X.dtype))
 
     def _fit_steps(self, data, dtype):
         """Step generator of a whole fit: yields passes, sets the attributes at the end.
@@ -538,6 +555,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
         return -2 * self.score(X) * n_samples + 2 * self._n_parameters()
+
+    def save(self, path, overwrite=False):
+        """Write the fitted model to ``path`` (no pickle); see :mod:`dask_gmm.persistence`."""
+        from .persistence import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
+    def to_sklearn(self):
+        """An equivalent fitted :class:`sklearn.mixture.GaussianMixture` for in-memory use."""
+        from .persistence import to_sklearn
+
+        return to_sklearn(self)
 
     def sample(self, n_samples=1):
         """Draw random rows from the fitted mixture.

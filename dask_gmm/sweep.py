@@ -287,6 +287,12 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         return self.best_estimator_.aic(X)
 
+    def save(self, path, overwrite=False):
+        """Write the sweep (its ``results_`` and best model) to ``path``, without pickle."""
+        from .persistence import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
     def plot(self, path, criterion=None):
         """Write the criterion-against-K plot of ``results_`` to ``path`` (PNG)."""
         check_is_fitted(self)

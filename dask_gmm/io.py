@@ -1,0 +1,243 @@
+"""Data in and out: open any supported source as a row-chunked dask array, write
+outputs whole or not at all.
+
+``open_array`` accepts a zarr store path or fsspec URL (zarr v2 or v3, an array
+or a group plus the array's name), an HDF5 file plus dataset path, a ``.npy``
+file, or numpy/dask/zarr/h5py arrays, and returns a dask array with all
+features in one chunk and rows in chunks of about 64 MiB. File-backed arrays
+are opened lazily in each process that reads them, so the same array works on
+dask's threads and on a distributed cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from ._validation import TARGET_CHUNK_BYTES, _check_dtype, store_row_chunks
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+# A zarr group attribute naming the array to fit when none is named.
+DATA_ATTRIBUTE = "dask_gmm:data"
+
+
+class _LazyFile:
+    """A file-backed array that opens its file on first read in each process.
+
+    Only the path travels when the object is pickled (to a worker); the open
+    handle stays in the process that opened it.
+    """
+
+    def __init__(self, path, shape, dtype, chunks):
+        self.path = str(path)
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.chunks = chunks
+        self._handle = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None
+        return state
+
+    def __getitem__(self, key):
+        if self._handle is None:
+            self._handle = self._open()
+        return np.asarray(self._handle[key])
+
+
+class HDF5Array(_LazyFile):
+    """One dataset of an HDF5 file, opened read-only on demand."""
+
+    def __init__(self, path, dataset):
+        import h5py
+
+        self.dataset = dataset
+        with h5py.File(path, "r") as f:
+            if dataset not in f:
+                names = []
+                f.visititems(lambda name, obj: names.append(name)
+                             if isinstance(obj, h5py.Dataset) else None)
+                raise ValueError(
+                    f"HDF5 file '{path}' has no dataset '{dataset}'; it has: {names}"
+                )
+            node = f[dataset]
+            if not isinstance(node, h5py.Dataset):
+                raise ValueError(f"'{dataset}' in HDF5 file '{path}' is a group, not a dataset.")
+            super().__init__(path, node.shape, node.dtype, node.chunks)
+
+    def _open(self):
+        import h5py
+
+        return h5py.File(self.path, "r")[self.dataset]
+
+
+class NpyArray(_LazyFile):
+    """A ``.npy`` file, memory-mapped on demand."""
+
+    def __init__(self, path):
+        array = np.load(path, mmap_mode="r")
+        super().__init__(path, array.shape, array.dtype, None)
+
+    def _open(self):
+        return np.load(self.path, mmap_mode="r")
+
+
+def _is_url(source):
+    return "://" in str(source)
+
+
+def _exists(source, storage_options):
+    if not _is_url(source):
+        return os.path.exists(source)
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
+    return fs.exists(path)
+
+
+def _split_hdf5(source, dataset):
+    """``'file.h5:/group/data'`` -> ``('file.h5', '/group/data')``."""
+    text = str(source)
+    if dataset is None and ":" in text and not _is_url(text):
+        path, _, inner = text.rpartition(":")
+        if path.lower().endswith(HDF5_SUFFIXES):
+            return path, inner
+    return text, dataset
+
+
+def _looks_hdf5(path):
+    if str(path).lower().endswith(HDF5_SUFFIXES):
+        return True
+    if _is_url(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _open_zarr(source, dataset, storage_options):
+    import zarr
+
+    try:
+        node = zarr.open(str(source), mode="r", storage_options=storage_options)
+    except Exception as error:  # zarr raises several types for "not zarr"; it exists
+        raise ValueError(
+            f"'{source}' is not a zarr array or group (nor an HDF5 or .npy file)."
+        ) from error
+    if isinstance(node, zarr.Array):
+        return node
+    arrays = sorted(name for name, _ in node.arrays())
+    if dataset is None:
+        dataset = node.attrs.get(DATA_ATTRIBUTE)
+    if dataset is None:
+        if len(arrays) == 1:
+            dataset = arrays[0]
+        else:
+            raise ValueError(
+                f"'{source}' is a zarr group with arrays {arrays}; name the one to use "
+                "with dataset=... (--dataset on the command line)."
+            )
+    try:
+        found = node[dataset]
+    except KeyError:
+        found = None
+    if not isinstance(found, zarr.Array):
+        raise ValueError(
+            f"zarr group '{source}' has no array '{dataset}'; it has: {arrays}"
+        )
+    return found
+
+
+def _row_chunks(n_rows, n_features, itemsize, storage_rows, chunks):
+    if chunks is not None:
+        return int(chunks)
+    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * itemsize))
+    if storage_rows:
+        target = max(storage_rows, (target // storage_rows) * storage_rows)
+    return int(min(target, max(n_rows, 1)))
+
+
+def open_array(source, dataset=None, chunks=None, storage_options=None):
+    """Open ``source`` as a dask array chunked along the rows.
+
+    Parameters
+    ----------
+    source : str, path, ndarray, dask array, zarr array or h5py dataset
+        A zarr store path or fsspec URL (``s3://``, ``gs://``, ``memory://``...),
+        an HDF5 file (``'file.h5'`` with ``dataset``, or ``'file.h5:/path'``), a
+        ``.npy`` file, or an array.
+    dataset : str, optional
+        The array inside a zarr group or the dataset inside an HDF5 file. A zarr
+        group that holds one array, or whose ``"dask_gmm:data"`` attribute names
+        one, needs none.
+    chunks : int, optional
+        Rows per chunk; by default whole storage chunks adding up to about
+        64 MiB.
+    storage_options : dict, optional
+        Passed to fsspec for URLs (credentials, endpoints).
+
+    Returns
+    -------
+    dask.array.Array of shape (n_samples, n_features)
+
+    Raises
+    ------
+    FileNotFoundError
+        The path does not exist.
+    ValueError
+        Not an array, a group without the named array, not 2-D, not numeric.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path, inner = _split_hdf5(source, dataset)
+        if not _exists(path, storage_options):
+            raise FileNotFoundError(f"No such file or directory: '{path}'")
+        if _looks_hdf5(path):
+            if inner is None:
+                raise ValueError(
+                    f"'{path}' is an HDF5 file: name the dataset with dataset=... "
+                    f"(--dataset), or as '{path}:/name'."
+                )
+            source = HDF5Array(path, inner)
+        elif str(path).lower().endswith(".npy"):
+            source = NpyArray(path)
+        else:
+            source = _open_zarr(path, inner, storage_options)
+
+    if isinstance(source, da.Array):
+        array = source
+    elif isinstance(source, np.ndarray):
+        array = source
+    else:
+        array = source  # zarr / h5py / lazy file: never read here
+    if array.ndim != 2:
+        raise ValueError(
+            f"Expected a 2-D array (samples x features), got {array.ndim}-D with shape "
+            f"{array.shape}."
+        )
+    _check_dtype(np.dtype(array.dtype))
+    n_rows, n_features = array.shape
+    if isinstance(array, da.Array):
+        rows = chunks if chunks is not None else "auto"
+        if chunks is None and len(array.chunks[1]) == 1:
+            return array
+        return array.rechunk({0: rows, 1: -1})
+    if isinstance(array, np.ndarray):
+        rows = _row_chunks(n_rows, n_features, array.dtype.itemsize, None, chunks)
+        return da.from_array(array, chunks=(rows, n_features))
+    storage = getattr(array, "chunks", None)
+    rows = (
+        store_row_chunks(array) if chunks is None
+        else int(chunks)
+    ) if storage else _row_chunks(n_rows, n_features, array.dtype.itemsize, None, chunks)
+    return da.from_array(array, chunks=(rows, n_features), lock=False, asarray=True)
+
+
+def temporary_sibling(path):
+    """A fresh name next to ``path``, for writing before renaming into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")

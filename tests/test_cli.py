@@ -1,0 +1,190 @@
+"""The dask-gmm command line, end to end through the installed entry point."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from dask_gmm import GaussianMixture, GaussianMixtureSweep, load, open_array
+from dask_gmm.cli import main
+
+ENTRY_POINT = Path(sys.executable).with_name("dask-gmm")
+
+
+def dask_gmm(*args, check=True):
+    """Run the installed console script; return the completed process."""
+    command = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "dask_gmm"]
+    result = subprocess.run(command + [str(a) for a in args], capture_output=True, text=True,
+                            timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Mixture data from `dask-gmm generate`, zarr v2 and v3."""
+    folder = tmp_path_factory.mktemp("cli")
+    paths = {}
+    for version in ("2", "3"):
+        path = folder / f"data-v{version}.zarr"
+        dask_gmm("generate", path, "--n-samples", 6000, "--n-features", 3,
+                 "--n-components", 3, "--chunk-rows", 1000, "--seed", 1,
+                 "--zarr-format", version, "--no-progress")
+        paths[version] = path
+    return folder, paths
+
+
+def test_generate_writes_data_labels_and_truth(generated):
+    _, paths = generated
+    for version, path in paths.items():
+        group = zarr.open_group(path, mode="r")
+        assert group.metadata.zarr_format == int(version)
+        assert group["X"].shape == (6000, 3) and group["X"].chunks == (1000, 3)
+        assert group["labels"].shape == (6000,)
+        assert group["means"].shape == (3, 3) and group["covariances"].shape == (3, 3, 3)
+        assert set(np.unique(group["labels"][:])) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_fit_predict_info_on_zarr(generated, version, tmp_path):
+    _, paths = generated
+    model_path = tmp_path / "model.npz"
+    fitted = dask_gmm("fit", paths[version], "-k", 3, "--seed", 0, "--out", model_path,
+                      "--scheduler", "threads", "--no-progress")
+    assert "converged: True" in fitted.stdout and f"written to {model_path}" in fitted.stdout
+    labels_path = tmp_path / "labels.zarr"
+    dask_gmm("predict", paths[version], "--model", model_path, "--out", labels_path,
+             "--proba", "--score-samples", "--scheduler", "threads", "--no-progress")
+    model = load(model_path)
+    X = zarr.open_group(paths[version], mode="r")["X"][:]
+    out = zarr.open_group(labels_path, mode="r")
+    np.testing.assert_array_equal(out["labels"][:], model.predict(X))
+    np.testing.assert_allclose(out["proba"][:], model.predict_proba(X), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(out["score_samples"][:], model.score_samples(X), rtol=1e-9)
+    # chunk-aligned with the input as opened (whole storage chunks, up to 64 MiB)
+    assert out["labels"].chunks == (open_array(paths[version]).chunks[0][0],)
+    info = dask_gmm("info", model_path)
+    assert "GaussianMixture: 3 components, covariance_type='full', 3 features" in info.stdout
+
+
+def test_sweep_writes_table_plot_and_model(generated, tmp_path):
+    _, paths = generated
+    result = dask_gmm("sweep", paths["3"], "-k", "1:4", "--covariance-type", "full,diag",
+                      "--seed", 0, "--plot", tmp_path / "bic.png",
+                      "--results", tmp_path / "results.csv", "--out", tmp_path / "sweep.npz",
+                      "--scheduler", "threads", "--no-progress")
+    assert "best by BIC: 3 components" in result.stdout
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["covariance_type"] for r in rows} == {"full", "diag"}
+    assert (tmp_path / "bic.png").read_bytes()[:4] == b"\x89PNG"
+    sweep = load(tmp_path / "sweep.npz")
+    assert isinstance(sweep, GaussianMixtureSweep) and sweep.best_params_["n_components"] == 3
+    assert "GaussianMixtureSweep (BIC), 8 candidates" in dask_gmm("info", tmp_path / "sweep.npz").stdout
+
+
+def test_fit_hdf5_input_written_by_h5py(generated, tmp_path):
+    _, paths = generated
+    X = zarr.open_group(paths["3"], mode="r")["X"][:]
+    h5_path = tmp_path / "data.h5"
+    with h5py.File(h5_path, "w") as f:
+        f.create_dataset("measurements/X", data=X, chunks=(500, 3))
+    model_path = tmp_path / "m.npz"
+    dask_gmm("fit", h5_path, "--dataset", "measurements/X", "-k", 3, "--seed", 0,
+             "--covariance-type", "diag", "--out", model_path, "--no-progress")
+    reference = GaussianMixture(3, covariance_type="diag", random_state=0).fit(X)
+    np.testing.assert_allclose(np.sort(load(model_path).weights_), np.sort(reference.weights_),
+                               rtol=1e-6)
+
+
+def test_predict_refuses_to_overwrite(generated, tmp_path):
+    _, paths = generated
+    model_path = tmp_path / "m.npz"
+    dask_gmm("fit", paths["3"], "-k", 2, "--out", model_path, "--scheduler", "sync",
+             "--no-progress")
+    target = tmp_path / "labels.zarr"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    result = dask_gmm("predict", paths["3"], "--model", model_path, "--out", target,
+                      "--scheduler", "sync", check=False)
+    assert result.returncode == 1
+    assert "exists; pass --overwrite" in result.stderr
+    assert (target / "keep.txt").read_text() == "mine"
+    dask_gmm("predict", paths["3"], "--model", model_path, "--out", target, "--overwrite",
+             "--scheduler", "sync", "--no-progress")
+    assert not (target / "keep.txt").exists()
+    assert zarr.open_group(target, mode="r")["labels"].shape == (6000,)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+
+
+def test_interrupted_predict_leaves_nothing_at_the_target(generated, tmp_path, monkeypatch):
+    import dask_gmm.cli as cli
+
+    _, paths = generated
+    model_path = tmp_path / "m.npz"
+    GaussianMixture(2, random_state=0).fit(
+        zarr.open_group(paths["3"], mode="r")["X"][:]).save(model_path)
+    real_compute = cli.compute_with_progress
+
+    def interrupted(*args, **kwargs):
+        real_compute(*args, **kwargs)  # everything written to the temporary name...
+        raise KeyboardInterrupt  # ...then the user presses Ctrl-C
+
+    monkeypatch.setattr(cli, "compute_with_progress", interrupted)
+    result = CliRunner().invoke(main, ["predict", str(paths["3"]), "--model", str(model_path),
+                                       "--out", str(tmp_path / "labels.zarr"),
+                                       "--scheduler", "threads", "--no-progress"])
+    assert result.exit_code != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_expected_errors_print_one_line_and_exit_1(tmp_path):
+    missing = dask_gmm("fit", tmp_path / "nope.zarr", "-k", 2, "--out", tmp_path / "m.npz",
+                       check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"Error: No such file or directory: '{tmp_path / 'nope.zarr'}'"
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    bad_model = dask_gmm("info", tmp_path / "junk.npz", check=False)
+    assert bad_model.returncode == 1
+    assert bad_model.stderr.strip() == f"Error: '{tmp_path / 'junk.npz'}' is not a dask-gmm model file."
+    assert "Traceback" not in missing.stderr + bad_model.stderr
+
+
+def test_usage_errors_exit_2(generated):
+    _, paths = generated
+    assert dask_gmm("fit", paths["3"], check=False).returncode == 2  # no -k, no --out
+    assert dask_gmm("sweep", paths["3"], "-k", "0:3", check=False).returncode == 2
+    assert dask_gmm("sweep", paths["3"], "--covariance-type", "round",
+                    check=False).returncode == 2
+    assert dask_gmm("frobnicate", check=False).returncode == 2
+
+
+def test_bad_data_is_a_runtime_error(tmp_path):
+    z = zarr.open_array(tmp_path / "nan.zarr", mode="w", shape=(100, 2), dtype="f8")
+    values = np.random.RandomState(0).normal(size=(100, 2))
+    values[42, 1] = np.nan
+    z[:] = values
+    result = dask_gmm("fit", tmp_path / "nan.zarr", "-k", 2, "--out", tmp_path / "m.npz",
+                      "--scheduler", "threads", check=False)
+    assert result.returncode == 1
+    assert "Input X contains NaN" in result.stderr and "rows [42]" in result.stderr
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = dask_gmm("demo", "--n-samples", 60000, "--out-dir", tmp_path / "demo",
+                      "--no-progress")
+    assert "best by BIC: 5 components" in result.stdout
+    ari = float(result.stdout.split("against the truth:")[1].split()[0])
+    assert ari > 0.95
+    for name in ("data.zarr", "bic.png", "model.npz", "labels.zarr"):
+        assert (tmp_path / "demo" / name).exists()
+    assert os.path.getsize(tmp_path / "demo" / "bic.png") > 1000
