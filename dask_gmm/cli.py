@@ -271,9 +271,11 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
 @click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file.")
 @click.option("--out", type=click.Path(), required=True, help="Model file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace the model file if it exists.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Keep the EM state here after every iteration; run again to resume.")
 @common_options
 def fit(settings, data, n_components, covariance_type, init_params, n_init, max_iter, tol,
-        reg_covar, seed, dataset, out, overwrite):
+        reg_covar, seed, dataset, out, overwrite, checkpoint):
     """Fit one mixture to DATA and save it to --out."""
     from .gaussian_mixture import GaussianMixture, fit_estimator
 
@@ -285,7 +287,7 @@ def fit(settings, data, n_components, covariance_type, init_params, n_init, max_
     with scheduler_context(settings):
         start = time.perf_counter()
         with rounds_bar(settings, "fit") as on_round:
-            fit_estimator(model, X, on_round=on_round)
+            fit_estimator(model, X, on_round=on_round, checkpoint=checkpoint)
         elapsed = time.perf_counter() - start
     model.save(out, overwrite=overwrite)
     print_model(model)
@@ -326,9 +328,11 @@ def rounds_bar(settings, label):
 @click.option("--results", type=click.Path(), default=None, help="Write the table (CSV).")
 @click.option("--out", type=click.Path(), default=None, help="Write the sweep model file.")
 @click.option("--overwrite", is_flag=True, help="Replace output files that exist.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Folder keeping every candidate's EM state; run again to resume.")
 @common_options
 def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, max_iter,
-          tol, reg_covar, seed, dataset, plot, results, out, overwrite):
+          tol, reg_covar, seed, dataset, plot, results, out, overwrite, checkpoint):
     """Fit every K x covariance type candidate on DATA together; report the best."""
     from .sweep import GaussianMixtureSweep, plot_criterion
 
@@ -343,7 +347,7 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
                                  progress=settings.progress)
     with scheduler_context(settings):
         start = time.perf_counter()
-        model.fit(X)
+        model.fit(X, checkpoint=checkpoint)
         elapsed = time.perf_counter() - start
     click.echo(results_table(model.results_))
     best = model.best_params_

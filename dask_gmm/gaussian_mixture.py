@@ -16,7 +16,16 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels as K
-from ._engine import ChunkedRows, run_together
+from ._engine import ChunkedRows, TakeRows, run_together
+from .checkpoint import (
+    FitState,
+    check_data_sums,
+    data_fingerprint,
+    estimator_fingerprint,
+    load_state,
+    pass_sums,
+    save_state,
+)
 from ._init import initial_params
 from ._validation import (
     check_means,
@@ -49,7 +58,7 @@ def prepare_rows(X, lazy, sample_weight):
     return ChunkedRows(X, sample_weight)
 
 
-def fit_estimator(estimator, X, sample_weight=None, on_round=None):
+def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=None):
     """Fit ``estimator`` on ``X``; on any error it is left exactly as it was.
 
     Parameters
@@ -59,6 +68,8 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None):
         As for :meth:`GaussianMixture.fit`.
     on_round : callable or None
         Called after every pass over the data (for progress bars).
+    checkpoint : str or path-like or None
+        See :meth:`GaussianMixture.fit`.
 
     Returns
     -------
@@ -69,7 +80,8 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None):
         estimator._validate_hyperparameters()
         X, lazy = check_X(estimator, X, reset=True, ensure_min_samples=2)
         data = prepare_rows(X, lazy, sample_weight)
-        (outcome,) = run_together(data, [estimator._fit_steps(data, X.dtype)],
+        steps = estimator._fit_steps(data, X.dtype, checkpoint=checkpoint)
+        (outcome,) = run_together(data, [steps],
                                   on_round=on_round, isolate=())
     except BaseException:
         estimator.__dict__.clear()
@@ -262,7 +274,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # --------------------------------------------------------------------- fit
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, checkpoint=None):
         """Estimate the model parameters with the EM algorithm.
 
         Fits ``n_init`` times and keeps the initialisation with the largest
@@ -276,12 +288,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         sample_weight : array-like or dask array of shape (n_samples,), default=None
             Non-negative weight of each row; an integer weight counts as that
             many copies of the row.
+        checkpoint : str or path-like, default=None
+            A file that keeps the EM state after every iteration (written
+            atomically). Fitting again with the same file resumes where it
+            stopped and ends at the same parameters as an uninterrupted fit; a
+            checkpoint made for other data or parameters is refused.
 
         Returns
         -------
         self : GaussianMixture
         """
-        return fit_estimator(self, X, sample_weight=sample_weight)
+        return fit_estimator(self, X, sample_weight=sample_weight, checkpoint=checkpoint)
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then label every row with the final parameters.
@@ -294,7 +311,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self.fit(X, y, sample_weight=sample_weight).predict(X)
 
 
-    def _fit_steps(self, data, dtype):
+    def _fit_steps(self, data, dtype, checkpoint=None):
         """Step generator of a whole fit: yields passes, sets the attributes at the end.
 
         Parameters
@@ -303,6 +320,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             Validated rows (and weights).
         dtype : numpy dtype
             The input's dtype, which the fitted parameters take.
+        checkpoint : str or path-like, optional
+            Where to keep the EM state after every iteration, and to resume from.
         """
         n_samples, n_features = data.array.shape
         if n_samples < self.n_components:
@@ -320,23 +339,48 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
 
-        best = None
-        for init in range(n_init):
+        saved, fingerprint = None, None
+        if checkpoint is not None:
+            fingerprint = yield from self._fingerprint(data, dtype)
+            saved = load_state(checkpoint, fingerprint, self.covariance_type)
+        best, first_init = None, 0
+        if saved is not None:
+            random_state = np.random.RandomState()  # never overwrite a shared generator
+            random_state.set_state(saved.rng_state)
+            best, first_init = saved.best, saved.init
+            logger.info("resuming from checkpoint %s: initialization %d, iteration %d",
+                        checkpoint, saved.init, saved.n_iter)
+
+        for init in range(first_init, n_init):
             self._verbose_init_begin(init)
-            if do_init:
-                params = yield from self._initial_params(
-                    data, random_state, eps, float32_input,
-                    user_weights, user_means, user_precisions,
-                )
-                lower_bound = -np.inf
+            if saved is not None and init == saved.init:
+                result = (saved.params, saved.lower_bound, saved.lower_bounds,
+                          saved.n_iter, saved.converged)
+                if not saved.converged and saved.n_iter < self.max_iter:
+                    result = yield from self._em(
+                        data, saved.params, saved.lower_bound, eps, float32_input,
+                        lower_bounds=saved.lower_bounds, n_iter=saved.n_iter,
+                        checkpoint=self._checkpointer(checkpoint, fingerprint, init,
+                                                      random_state, best),
+                        data_sums=saved.data_sums, checkpoint_path=checkpoint,
+                    )
             else:
-                params = self._current_params()
-                lower_bound = self.lower_bound_
-            params, lower_bound, lower_bounds, n_iter, converged = yield from self._em(
-                data, params, lower_bound, eps, float32_input
-            )
-            if best is None or lower_bound > best[1]:
-                best = (params, lower_bound, lower_bounds, n_iter, converged)
+                if do_init:
+                    params = yield from self._initial_params(
+                        data, random_state, eps, float32_input,
+                        user_weights, user_means, user_precisions,
+                    )
+                    lower_bound = -np.inf
+                else:
+                    params = self._current_params()
+                    lower_bound = self.lower_bound_
+                result = yield from self._em(
+                    data, params, lower_bound, eps, float32_input,
+                    checkpoint=self._checkpointer(checkpoint, fingerprint, init,
+                                                  random_state, best),
+                )
+            if best is None or result[1] > best[1]:
+                best = result
 
         params, lower_bound, lower_bounds, n_iter, converged = best
         if not converged and self.max_iter > 0:
@@ -350,8 +394,32 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.converged_ = converged
         self.n_iter_ = n_iter
         self.lower_bound_ = lower_bound
-        self.lower_bounds_ = lower_bounds
+        self.lower_bounds_ = list(lower_bounds)
         return self
+
+    def _fingerprint(self, data, dtype):
+        """Step generator: what a checkpoint must match (parameters, data digest)."""
+        n_samples = data.array.shape[0]
+        edge = min(4, n_samples)
+        indices = np.unique(np.r_[np.arange(edge), np.arange(n_samples - edge, n_samples)])
+        rows = yield TakeRows(indices)
+        return {
+            "estimator": estimator_fingerprint(self),
+            "data": data_fingerprint(data.array.shape, dtype, rows, rows[:0],
+                                     data.weight_blocks[0] is not None),
+        }
+
+    def _checkpointer(self, path, fingerprint, init, random_state, best):
+        """A callback saving the state after each EM iteration, or None."""
+        if path is None:
+            return None
+
+        def save(params, lower_bound, lower_bounds, n_iter, converged, finished, stats):
+            save_state(path, fingerprint, FitState(
+                init, n_iter, lower_bound, lower_bounds, finished, params,
+                random_state.get_state(), best, pass_sums(stats), converged))
+
+        return save
 
     def _initial_params(self, data, random_state, eps, float32_input,
                         user_weights, user_means, user_precisions):
@@ -375,15 +443,27 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             params.covariances = None
         return params
 
-    def _em(self, data, params, lower_bound, eps, float32_input):
-        """Step generator: EM from ``params``, one chunk pass per iteration."""
-        lower_bounds = []
+    def _em(self, data, params, lower_bound, eps, float32_input, lower_bounds=(),
+            n_iter=0, checkpoint=None, data_sums=None, checkpoint_path=None):
+        """Step generator: EM from ``params``, one chunk pass per iteration.
+
+        ``lower_bounds`` and ``n_iter`` continue a resumed fit; ``checkpoint``
+        is called with the state after every iteration; ``data_sums`` (from a
+        checkpoint) are compared with the first pass's to catch changed data.
+
+        Returns
+        -------
+        (params, lower_bound, lower_bounds, n_iter, converged)
+        """
+        lower_bounds = list(lower_bounds)
         converged = False
-        n_iter = 0
-        for n_iter in range(1, self.max_iter + 1):
+        for n_iter in range(n_iter + 1, self.max_iter + 1):
             start = perf_counter()
             previous = lower_bound
             stats = yield K.EStep(params)
+            if data_sums is not None:
+                check_data_sums(checkpoint_path, data_sums, stats)
+                data_sums = None
             params, lower_bound = K.m_step(
                 stats, self.covariance_type, self.reg_covar, eps, float32_input
             )
@@ -394,8 +474,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 n_iter, lower_bound, change, perf_counter() - start,
             )
             self._verbose_iter_end(n_iter, change)
-            if abs(change) < self.tol:
-                converged = True
+            converged = abs(change) < self.tol
+            if checkpoint is not None:
+                checkpoint(params, lower_bound, lower_bounds, n_iter, converged,
+                           converged or n_iter == self.max_iter, stats)
+            if converged:
                 break
         if self.max_iter > 0:
             self._verbose_init_end(lower_bound, converged)

@@ -11,6 +11,7 @@ each chunk is read once per round and feeds one statistics task per candidate.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from numbers import Integral
@@ -23,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _kernels as K
 from ._engine import compute_round, run_together
 from ._validation import check_X
+from .checkpoint import CheckpointMismatchError
 from .gaussian_mixture import GaussianMixture, InvalidParameterError, prepare_rows
 
 CRITERIA = ("bic", "aic")
@@ -140,7 +142,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
             candidates.append(candidate)
         return candidates
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, checkpoint=None):
         """Fit every candidate, score it on ``X`` and keep the best.
 
         Parameters
@@ -149,6 +151,10 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 (n_samples, n_features)
         y : Ignored
         sample_weight : array-like or dask array of shape (n_samples,), default=None
+        checkpoint : str or path-like, default=None
+            A folder keeping one EM checkpoint per candidate (see
+            :meth:`GaussianMixture.fit`); fitting again with it resumes every
+            candidate where it stopped.
 
         Returns
         -------
@@ -164,7 +170,11 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
 
         def timed(i, candidate):
             candidate.n_features_in_ = X.shape[1]
-            result = yield from candidate._fit_steps(data, X.dtype)
+            path = None
+            if checkpoint is not None:
+                path = os.path.join(os.fspath(checkpoint), f"{candidate.covariance_type}-"
+                                    f"{candidate.n_components}.npz")
+            result = yield from candidate._fit_steps(data, X.dtype, checkpoint=path)
             finished_at[i] = time.perf_counter() - start
             if bar is not None:
                 bar.update(1)
@@ -184,7 +194,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 [timed(i, c) for i, c in enumerate(candidates)],
                 on_round=on_round,
                 isolate=(ValueError, np.linalg.LinAlgError, FloatingPointError),
-                fatal=(K.NonFiniteInputError,),
+                fatal=(K.NonFiniteInputError, CheckpointMismatchError),
             )
         finally:
             if bar is not None:

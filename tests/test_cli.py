@@ -188,3 +188,22 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ("data.zarr", "bic.png", "model.npz", "labels.zarr"):
         assert (tmp_path / "demo" / name).exists()
     assert os.path.getsize(tmp_path / "demo" / "bic.png") > 1000
+
+
+def test_fit_and_sweep_checkpoints_resume(generated, tmp_path):
+    _, paths = generated
+    dask_gmm("fit", paths["3"], "-k", 3, "--seed", 0, "--out", tmp_path / "a.npz",
+             "--checkpoint", tmp_path / "fit.ckpt", "--scheduler", "sync",
+                     "--no-progress")
+    again = dask_gmm("fit", paths["3"], "-k", 3, "--seed", 0, "--out", tmp_path / "b.npz",
+             "--checkpoint", tmp_path / "fit.ckpt", "--scheduler", "sync",
+                     "--no-progress", "-v")
+    assert "resuming from checkpoint" in again.stderr
+    np.testing.assert_array_equal(load(tmp_path / "a.npz").means_,
+                                  load(tmp_path / "b.npz").means_)
+    other = dask_gmm("fit", paths["3"], "-k", 2, "--seed", 0, "--out", tmp_path / "c.npz",
+                     "--checkpoint", tmp_path / "fit.ckpt", "--scheduler", "sync", check=False)
+    assert other.returncode == 1 and "made for other parameters" in other.stderr
+    dask_gmm("sweep", paths["3"], "-k", "1:2", "--covariance-type", "diag", "--seed", 0,
+             "--checkpoint", tmp_path / "sweep-ckpt", "--scheduler", "sync", "--no-progress")
+    assert sorted(os.listdir(tmp_path / "sweep-ckpt")) == ["diag-1.npz", "diag-2.npz"]

@@ -1,0 +1,204 @@
+"""EM checkpoints: the state of a fit after every iteration, so a fit can resume.
+
+A checkpoint file is an ``.npz`` of plain arrays plus a JSON header (no pickle,
+like model files) holding:
+
+- ``fingerprint``: the estimator's parameters (all but ``verbose`` and
+  ``verbose_interval``, ``max_iter`` and ``tol``, so a fit may be continued with
+  more iterations) and the data's shape, dtype and a digest of its first and
+  last rows. A checkpoint whose fingerprint differs is refused.
+- where the fit stands: the initialisation under way, its EM iteration, lower
+  bounds, whether it has finished, the best finished initialisation so far,
+  the random generator's state after the initialisation was drawn, and
+  ``sum(weight * x)`` and ``sum(weight)`` of the last pass (checked again on the
+  first pass after resuming, which catches data changed in the middle).
+- the current and best parameters (float64).
+
+It is written to a temporary name and renamed over the previous one, so a
+crash leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+FORMAT = "dask-gmm-checkpoint"
+FORMAT_VERSION = 1
+IGNORED_PARAMS = ("verbose", "verbose_interval", "max_iter", "tol", "warm_start")
+PARAM_ARRAYS = ("weights", "means", "prec_chol", "covariances")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was made for other data or other parameters."""
+
+
+def _digest(value):
+    return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:32]
+
+
+def estimator_fingerprint(estimator):
+    """JSON-ready summary of the parameters that decide the fit."""
+    summary = {}
+    for name, value in sorted(estimator.get_params(deep=False).items()):
+        if name in IGNORED_PARAMS:
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            summary[name] = value
+        elif isinstance(value, np.random.RandomState):
+            summary[name] = "RandomState:" + _digest(value.get_state()[1])
+        else:
+            array = np.asarray(value, dtype=np.float64)
+            summary[name] = f"array{array.shape}:{_digest(array)}"
+    return summary
+
+
+def data_fingerprint(shape, dtype, head, tail, weighted):
+    """Shape, dtype and a digest of the first and last rows of the data."""
+    return {"shape": list(shape), "dtype": str(dtype), "weighted": bool(weighted),
+            "rows": _digest(np.concatenate([np.asarray(head, np.float64),
+                                            np.asarray(tail, np.float64)]))}
+
+
+def _params_to_arrays(params, prefix):
+    arrays = {}
+    if params is None:
+        return arrays
+    for name in PARAM_ARRAYS:
+        value = getattr(params, name)
+        if value is not None:
+            arrays[f"{prefix}{name}"] = np.asarray(value, dtype=np.float64)
+    return arrays
+
+
+def _params_from_arrays(entries, prefix, covariance_type):
+    from ._kernels import Params
+
+    if f"{prefix}weights" not in entries:
+        return None
+    return Params(weights=entries[f"{prefix}weights"], means=entries[f"{prefix}means"],
+                  prec_chol=entries[f"{prefix}prec_chol"], covariance_type=covariance_type,
+                  covariances=entries.get(f"{prefix}covariances"))
+
+
+class FitState:
+    """Where a fit stands after an EM iteration (see the module docstring)."""
+
+    def __init__(self, init, n_iter, lower_bound, lower_bounds, finished, params,
+                 rng_state, best=None, data_sums=None, converged=False):
+        self.init = init
+        self.n_iter = n_iter
+        self.lower_bound = lower_bound
+        self.lower_bounds = list(lower_bounds)
+        self.finished = finished
+        self.params = params
+        self.rng_state = rng_state
+        # best finished initialisation: (params, lower_bound, lower_bounds, n_iter, converged)
+        self.best = best
+        self.data_sums = data_sums  # (sum of weight * x, sum of weight) of the last pass
+        self.converged = converged
+
+
+def save_state(path, fingerprint, state):
+    """Write ``state`` atomically to ``path``."""
+    header = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+        "init": state.init, "n_iter": state.n_iter, "lower_bound": state.lower_bound,
+        "lower_bounds": state.lower_bounds, "finished": state.finished,
+        "converged": bool(state.converged),
+        "rng": [state.rng_state[0], int(state.rng_state[2]), int(state.rng_state[3]),
+                float(state.rng_state[4])],
+        "best": None,
+    }
+    arrays = _params_to_arrays(state.params, "params:")
+    arrays["rng_keys"] = np.asarray(state.rng_state[1])
+    if state.data_sums is not None:
+        arrays["data_sum"] = np.asarray(state.data_sums[0], dtype=np.float64)
+        header["data_weight"] = float(state.data_sums[1])
+    if state.best is not None:
+        best_params, lower_bound, lower_bounds, n_iter, converged = state.best
+        arrays.update(_params_to_arrays(best_params, "best:"))
+        header["best"] = {"lower_bound": lower_bound, "lower_bounds": list(lower_bounds),
+                          "n_iter": n_iter, "converged": bool(converged)}
+    arrays["__header__"] = np.array(json.dumps(header))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load_state(path, fingerprint, covariance_type):
+    """The saved state, or None when there is no checkpoint yet.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        The checkpoint belongs to other data or other parameters.
+    ValueError
+        The file is not a dask-gmm checkpoint.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            entries = {name: archive[name] for name in archive.files}
+        header = json.loads(str(entries.pop("__header__")))
+        assert header.get("format") == FORMAT
+    except Exception:
+        raise ValueError(f"'{path}' is not a dask-gmm checkpoint file.") from None
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"Checkpoint '{path}' was written by a newer dask-gmm.")
+    saved = header["fingerprint"]
+    for part in ("estimator", "data"):
+        if saved.get(part) != fingerprint.get(part):
+            differences = sorted(
+                key for key in set(saved.get(part, {})) | set(fingerprint.get(part, {}))
+                if saved.get(part, {}).get(key) != fingerprint.get(part, {}).get(key)
+            )
+            what = "parameters" if part == "estimator" else "data"
+            raise CheckpointMismatchError(
+                f"Checkpoint '{path}' was made for other {what} (differs in: "
+                f"{', '.join(differences)}). Use another checkpoint path, or delete this "
+                "one to start afresh."
+            )
+    name, position, has_gauss, cached = header["rng"]
+    rng_state = (name, entries["rng_keys"], position, has_gauss, cached)
+    best = None
+    if header["best"] is not None:
+        b = header["best"]
+        best = (_params_from_arrays(entries, "best:", covariance_type), b["lower_bound"],
+                b["lower_bounds"], b["n_iter"], b["converged"])
+    data_sums = None
+    if "data_sum" in entries:
+        data_sums = (entries["data_sum"], header["data_weight"])
+    return FitState(header["init"], header["n_iter"], header["lower_bound"],
+                    header["lower_bounds"], header["finished"],
+                    _params_from_arrays(entries, "params:", covariance_type), rng_state,
+                    best, data_sums, header["converged"])
+
+
+def check_data_sums(path, saved, stats):
+    """Compare a pass's ``sum(weight * x)`` with the checkpoint's; raise if the data changed."""
+    if saved is None:
+        return
+    data_sum, weight = pass_sums(stats)
+    if not (np.isclose(weight, saved[1], rtol=1e-9)
+            and np.allclose(data_sum, saved[0], rtol=1e-8, atol=1e-8 * abs(saved[1]))):
+        raise CheckpointMismatchError(
+            f"Checkpoint '{path}' was made for other data (its sums differ from this "
+            "data's). Use another checkpoint path, or delete this one to start afresh."
+        )
+
+
+def pass_sums(stats):
+    """``(sum of weight * x, sum of weight)`` from a pass's statistics."""
+    return stats.s1.sum(axis=0) + stats.n * stats.shift, stats.n
