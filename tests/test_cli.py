@@ -193,8 +193,7 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_fit_and_sweep_checkpoints_resume(generated, tmp_path):
     _, paths = generated
     dask_gmm("fit", paths["3"], "-k", 3, "--seed", 0, "--out", tmp_path / "a.npz",
-             "--checkpoint", tmp_path / "fit.ckpt", "--scheduler", "sync",
-                     "--no-progress")
+             "--checkpoint", tmp_path / "fit.ckpt", "--scheduler", "sync", "--no-progress")
     again = dask_gmm("fit", paths["3"], "-k", 3, "--seed", 0, "--out", tmp_path / "b.npz",
              "--checkpoint", tmp_path / "fit.ckpt", "--scheduler", "sync",
                      "--no-progress", "-v")
