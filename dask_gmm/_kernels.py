@@ -32,7 +32,7 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 # Rows handled at once inside a chunk: the per-block temporaries (n x T
 # quadratic features, n x K densities) stay cache-sized.
-ROW_BLOCK = 2048
+ROW_BLOCK = 1024
 
 ILL_DEFINED_COVARIANCE = (
     "Fitting the mixture model failed because some components have "
@@ -444,6 +444,10 @@ def responsibilities(wlp):
     top = wlp.max(axis=1)
     top[~np.isfinite(top)] = 0.0
     wlp -= top[:, None]
+    # exp() of -708..-745 gives subnormal numbers, which make every later
+    # product with them ~10x slower on x86; they are below any tolerance, so
+    # flush them to exact zeros.
+    np.putmask(wlp, wlp < -700.0, -np.inf)
     resp = np.exp(wlp, out=wlp)
     total = resp.sum(axis=1)
     resp /= total[:, None]
