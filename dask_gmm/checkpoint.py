@@ -26,6 +26,8 @@ import os
 
 import numpy as np
 
+from .persistence import write_npz_atomically
+
 FORMAT = "dask-gmm-checkpoint"
 FORMAT_VERSION = 1
 IGNORED_PARAMS = ("verbose", "verbose_interval", "max_iter", "tol", "warm_start")
@@ -124,16 +126,7 @@ def save_state(path, fingerprint, state):
         header["best"] = {"lower_bound": lower_bound, "lower_bounds": list(lower_bounds),
                           "n_iter": n_iter, "converged": bool(converged)}
     arrays["__header__"] = np.array(json.dumps(header))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_npz_atomically(path, arrays)
 
 
 def load_state(path, fingerprint, covariance_type):

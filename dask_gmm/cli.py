@@ -86,6 +86,25 @@ def common_options(command):
     return wrapper
 
 
+def em_options(command):
+    """The EM options ``fit`` and ``sweep`` share (scikit-learn's names and defaults)."""
+    options = [
+        click.option("--init", "init_params",
+                     type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
+                     default="kmeans", show_default=True),
+        click.option("--n-init", type=click.IntRange(1), default=1, show_default=True),
+        click.option("--max-iter", type=click.IntRange(0), default=100, show_default=True),
+        click.option("--tol", type=click.FloatRange(0), default=1e-3, show_default=True),
+        click.option("--reg-covar", type=click.FloatRange(0), default=1e-6,
+                     show_default=True),
+        click.option("--seed", type=int, default=None),
+        click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @contextlib.contextmanager
 def scheduler_context(settings):
     """Run the body on the chosen scheduler; a local cluster is closed afterwards."""
@@ -260,15 +279,7 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
 @click.option("-k", "--n-components", type=click.IntRange(1), required=True)
 @click.option("--covariance-type", type=click.Choice(COVARIANCE_TYPES), default="full",
               show_default=True)
-@click.option("--init", "init_params",
-              type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
-              default="kmeans", show_default=True)
-@click.option("--n-init", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--max-iter", type=click.IntRange(0), default=100, show_default=True)
-@click.option("--tol", type=click.FloatRange(0), default=1e-3, show_default=True)
-@click.option("--reg-covar", type=click.FloatRange(0), default=1e-6, show_default=True)
-@click.option("--seed", type=int, default=None)
-@click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file.")
+@em_options
 @click.option("--out", type=click.Path(), required=True, help="Model file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace the model file if it exists.")
 @click.option("--checkpoint", type=click.Path(), default=None,
@@ -315,15 +326,7 @@ def rounds_bar(settings, label):
               show_default=True, help="Comma-separated covariance types.")
 @click.option("--criterion", type=click.Choice(["bic", "aic"]), default="bic",
               show_default=True)
-@click.option("--init", "init_params",
-              type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
-              default="kmeans", show_default=True)
-@click.option("--n-init", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--max-iter", type=click.IntRange(0), default=100, show_default=True)
-@click.option("--tol", type=click.FloatRange(0), default=1e-3, show_default=True)
-@click.option("--reg-covar", type=click.FloatRange(0), default=1e-6, show_default=True)
-@click.option("--seed", type=int, default=None)
-@click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file.")
+@em_options
 @click.option("--plot", type=click.Path(), default=None, help="Write the criterion plot (PNG).")
 @click.option("--results", type=click.Path(), default=None, help="Write the table (CSV).")
 @click.option("--out", type=click.Path(), default=None, help="Write the sweep model file.")

@@ -136,7 +136,17 @@ def save_model(model, path, overwrite=False):
     metadata["fitted"] = fitted
     arrays["__metadata__"] = np.array(json.dumps(metadata))
 
+    write_npz_atomically(path, arrays)
+    return path
+
+
+def write_npz_atomically(path, arrays):
+    """Write ``arrays`` as an ``.npz`` under a temporary name, then rename it to ``path``.
+
+    A crash leaves the previous file (or none), never half of one.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as f:
@@ -145,7 +155,6 @@ def save_model(model, path, overwrite=False):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    return path
 
 
 def _read(path):
