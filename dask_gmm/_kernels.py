@@ -30,9 +30,14 @@ from scipy.linalg import solve_triangular
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
-# Rows handled at once inside a chunk: the per-block temporaries (n x T
-# quadratic features, n x K densities) stay cache-sized.
-ROW_BLOCK = 1024
+# Rows handled at once inside a chunk: enough that numpy's per-call cost (paid
+# holding the GIL) is small, few enough that the per-block temporaries (n x K x D
+# whitened rows, n x T quadratic features) stay near BLOCK_BYTES.
+BLOCK_BYTES = 4 * 2**20
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 512, 16384
+ROW_BLOCK = None  # a fixed number of rows instead (tests use it)
+# Rows whose mean is a chunk's shift (fixed, so results do not depend on blocks).
+SHIFT_ROWS = 1024
 
 ILL_DEFINED_COVARIANCE = (
     "Fitting the mixture model failed because some components have "
@@ -308,17 +313,32 @@ class RowBlock:
         return float(self.n) if self.w is None else float(self.w.sum())
 
 
-def _row_blocks(X, sample_weight):
-    """Yield ``(start, rows float64, weights)`` for the row blocks of ``X``."""
-    for start in range(0, X.shape[0], ROW_BLOCK):
-        stop = start + ROW_BLOCK
+def block_rows(row_width):
+    """Rows per block for temporaries of ``row_width`` float64 numbers per row."""
+    if ROW_BLOCK is not None:
+        return ROW_BLOCK
+    return int(np.clip(BLOCK_BYTES // (8 * max(1, row_width)), MIN_BLOCK_ROWS,
+                       MAX_BLOCK_ROWS))
+
+
+def _row_width(params):
+    n_components, n_features = params.means.shape
+    if params.covariance_type == "full":
+        return max(n_components * n_features, n_features * (n_features + 1) // 2)
+    return max(n_components, n_features)
+
+
+def _row_blocks(X, sample_weight, rows):
+    """Yield ``(start, rows float64, weights)`` for blocks of ``rows`` rows of ``X``."""
+    for start in range(0, X.shape[0], rows):
+        stop = start + rows
         w = None if sample_weight is None else np.asarray(sample_weight[start:stop], np.float64)
         yield start, np.asarray(X[start:stop], dtype=np.float64), w
 
 
 def chunk_shift(X):
     """A point near the chunk's data: the mean of its first row block."""
-    head = np.asarray(X[:ROW_BLOCK], dtype=np.float64)
+    head = np.asarray(X[:SHIFT_ROWS], dtype=np.float64)
     shift = head.mean(axis=0)
     if not np.isfinite(shift).all():
         shift = np.zeros(X.shape[1])  # the row check reports the bad rows
@@ -488,11 +508,14 @@ class EStep:
     def __init__(self, params):
         self.params = params
 
+    def row_width(self):
+        return _row_width(self.params)
+
     def empty(self, n_features, shift):
         return empty_stats(len(self.params.weights), n_features,
                            self.params.covariance_type, shift)
 
-    def accumulate(self, block, stats):
+    def accumulate(self, block, stats, context=None):
         with np.errstate(invalid="ignore", over="ignore"):
             R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         _accumulate(stats, block, R)
@@ -512,11 +535,17 @@ class HardAssignment:
         self.covariance_type = covariance_type
         self.second_moments = second_moments
 
+    def row_width(self):
+        n_components, n_features = self.centers.shape
+        if self.covariance_type == "full" and self.second_moments:
+            return max(n_components, n_features * (n_features + 1) // 2)
+        return max(n_components, n_features)
+
     def empty(self, n_features, shift):
         return empty_stats(len(self.centers), n_features, self.covariance_type, shift,
                            self.second_moments)
 
-    def accumulate(self, block, stats):
+    def accumulate(self, block, stats, context=None):
         centers = self.centers - stats.shift
         Y = block.Y
         dist = Y @ centers.T
@@ -543,14 +572,18 @@ class RandomResponsibilities:
         self.covariance_type = covariance_type
         self.seed = seed
 
+    def row_width(self):
+        return self.n_components
+
     def empty(self, n_features, shift):
         return empty_stats(self.n_components, n_features, self.covariance_type, shift)
 
     def start_chunk(self, chunk_index):
-        self._rng = np.random.default_rng([self.seed, chunk_index or 0])
+        """This chunk's random stream (kept by the caller: requests are shared by threads)."""
+        return np.random.default_rng([self.seed, chunk_index or 0])
 
-    def accumulate(self, block, stats):
-        resp = self._rng.uniform(size=(block.n, self.n_components))
+    def accumulate(self, block, stats, rng):
+        resp = rng.uniform(size=(block.n, self.n_components))
         resp /= resp.sum(axis=1, keepdims=True)
         _accumulate(stats, block, resp)
 
@@ -561,10 +594,13 @@ class LogLikelihood:
     def __init__(self, params):
         self.params = params
 
+    def row_width(self):
+        return _row_width(self.params)
+
     def empty(self, n_features, shift):
         return empty_stats(0, n_features, "spherical", shift, second_moments=False)
 
-    def accumulate(self, block, stats):
+    def accumulate(self, block, stats, context=None):
         with np.errstate(invalid="ignore", over="ignore"):
             _, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         stats.n += block.total_weight()
@@ -596,16 +632,18 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
     n_features = X.shape[1]
     shift = chunk_shift(X)
     stats = [request.empty(n_features, shift) for request in requests]
-    for request in requests:
-        if hasattr(request, "start_chunk"):
-            request.start_chunk(chunk_index)
-    for start, rows, w in _row_blocks(X, sample_weight):
+    # Per-chunk state lives here, never on the requests: one request object is
+    # shared by every chunk task, and tasks run in parallel threads.
+    contexts = [request.start_chunk(chunk_index) if hasattr(request, "start_chunk")
+                else None for request in requests]
+    rows_per_block = block_rows(max(r.row_width() for r in requests))
+    for start, rows, w in _row_blocks(X, sample_weight, rows_per_block):
         Y = rows - shift
         if not np.isfinite(Y).all():
             check_finite_rows(rows, row_start + start, _where(chunk_index))
         block = RowBlock(Y, w, start)
-        for request, st in zip(requests, stats):
-            request.accumulate(block, st)
+        for request, st, context in zip(requests, stats, contexts):
+            request.accumulate(block, st, context)
     for st in stats:
         st.log_likelihood = math.fsum(st._partial_ll)
         st._partial_ll = []
@@ -778,7 +816,7 @@ def log_resp_and_norm(X, params):
     shift = chunk_shift(X)
     log_resp = np.empty((n, len(params.weights)))
     log_norm = np.empty(n)
-    for start, rows, _ in _row_blocks(X, None):
+    for start, rows, _ in _row_blocks(X, None, block_rows(_row_width(params))):
         block = RowBlock(rows - shift, None, start)
         with np.errstate(invalid="ignore", over="ignore"):
             wlp = weighted_log_prob(block, params, shift)

@@ -146,11 +146,16 @@ def test_n_init_keeps_the_best_lower_bound():
     assert multi.lower_bound_ == pytest.approx(max(multi.lower_bounds_[-1:]), rel=1e-12)
 
 
-def test_same_random_state_same_result():
-    X, _ = blobs()
-    a = GaussianMixture(4, init_params="random", random_state=3).fit(as_dask(X, 200))
-    b = GaussianMixture(4, init_params="random", random_state=3).fit(as_dask(X, 200))
-    np.testing.assert_array_equal(a.means_, b.means_)
+def test_same_random_state_same_result_on_any_scheduler():
+    """Chunk tasks run in parallel threads: per-chunk random streams must not mix."""
+    X, _ = blobs(6000)
+    results = []
+    for scheduler in ("threads", "sync", "threads"):
+        with dask.config.set(scheduler=scheduler):
+            results.append(GaussianMixture(4, init_params="random", random_state=3,
+                                           max_iter=2, tol=0).fit(as_dask(X, 50)))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.means_, results[0].means_)
 
 
 def test_warm_start_continues_where_it_stopped():

@@ -157,3 +157,16 @@ def test_progress_bar(stretched_blobs, capsys):
     GaussianMixtureSweep([1, 2], "diag", progress=True, random_state=0).fit(stretched_blobs)
     err = capsys.readouterr().err
     assert "2/2" in err and "running=0" in err
+
+
+@pytest.mark.parametrize("init_params", ["random", "k-means++"])
+def test_candidates_equal_separate_fits_for_other_inits(stretched_blobs, init_params):
+    """Requests share row blocks in a sweep; the random streams must not notice."""
+    X = da.from_array(stretched_blobs, chunks=(300, 2))
+    sweep = GaussianMixtureSweep([2, 4], ("full", "spherical"), init_params=init_params,
+                                 random_state=1).fit(X)
+    for i, params in enumerate(sweep.results_["params"]):
+        alone = GaussianMixture(**params, init_params=init_params, random_state=1).fit(X)
+        np.testing.assert_allclose(sweep.results_["lower_bound"][i], alone.lower_bound_,
+                                   rtol=1e-10)
+        assert sweep.results_["n_iter"][i] == alone.n_iter_
