@@ -46,17 +46,20 @@ def numpy_row_chunks(n_samples, n_features, itemsize):
     return int(max(MIN_CHUNK_ROWS, min(by_cores, by_bytes)))
 
 
-def store_row_chunks(store):
-    """Row chunk size for a zarr/HDF5 array: whole storage chunks, about 64 MiB."""
-    n_samples, n_features = store.shape
-    storage_rows = None
-    chunks = getattr(store, "chunks", None)
-    if chunks:
-        storage_rows = chunks[0]
-    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * store.dtype.itemsize))
+def row_chunk_size(n_rows, n_features, itemsize, storage_rows=None):
+    """Rows per chunk: whole storage chunks adding up to about ``TARGET_CHUNK_BYTES``."""
+    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * itemsize))
     if storage_rows:
         target = max(storage_rows, (target // storage_rows) * storage_rows)
-    return int(min(max(target, 1), max(n_samples, 1)))
+    return int(min(target, max(n_rows, 1)))
+
+
+def store_row_chunks(store):
+    """Row chunk size for an array-like (zarr, HDF5, numpy), honouring its storage chunks."""
+    storage = getattr(store, "chunks", None)
+    n_rows, n_features = store.shape
+    return row_chunk_size(n_rows, n_features, store.dtype.itemsize,
+                          storage[0] if storage else None)
 
 
 def as_dask_array(X):

@@ -18,7 +18,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from ._validation import TARGET_CHUNK_BYTES, _check_dtype, store_row_chunks
+from ._validation import _check_dtype, store_row_chunks
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 # A zarr group attribute naming the array to fit when none is named.
@@ -153,15 +153,6 @@ def _open_zarr(source, dataset, storage_options):
     return found
 
 
-def _row_chunks(n_rows, n_features, itemsize, storage_rows, chunks):
-    if chunks is not None:
-        return int(chunks)
-    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * itemsize))
-    if storage_rows:
-        target = max(storage_rows, (target // storage_rows) * storage_rows)
-    return int(min(target, max(n_rows, 1)))
-
-
 def open_array(source, dataset=None, chunks=None, storage_options=None):
     """Open ``source`` as a dask array chunked along the rows.
 
@@ -208,33 +199,22 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
         else:
             source = _open_zarr(path, inner, storage_options)
 
-    if isinstance(source, da.Array):
-        array = source
-    elif isinstance(source, np.ndarray):
-        array = source
-    else:
-        array = source  # zarr / h5py / lazy file: never read here
-    if array.ndim != 2:
+    if source.ndim != 2:
         raise ValueError(
-            f"Expected a 2-D array (samples x features), got {array.ndim}-D with shape "
-            f"{array.shape}."
+            f"Expected a 2-D array (samples x features), got {source.ndim}-D with shape "
+            f"{source.shape}."
         )
-    _check_dtype(np.dtype(array.dtype))
-    n_rows, n_features = array.shape
-    if isinstance(array, da.Array):
-        rows = chunks if chunks is not None else "auto"
-        if chunks is None and len(array.chunks[1]) == 1:
-            return array
-        return array.rechunk({0: rows, 1: -1})
-    if isinstance(array, np.ndarray):
-        rows = _row_chunks(n_rows, n_features, array.dtype.itemsize, None, chunks)
-        return da.from_array(array, chunks=(rows, n_features))
-    storage = getattr(array, "chunks", None)
-    rows = (
-        store_row_chunks(array) if chunks is None
-        else int(chunks)
-    ) if storage else _row_chunks(n_rows, n_features, array.dtype.itemsize, None, chunks)
-    return da.from_array(array, chunks=(rows, n_features), lock=False, asarray=True)
+    _check_dtype(np.dtype(source.dtype))
+    n_features = source.shape[1]
+    if isinstance(source, da.Array):
+        if chunks is None and len(source.chunks[1]) == 1:
+            return source
+        return source.rechunk({0: chunks or "auto", 1: -1})
+    rows = int(chunks) if chunks is not None else store_row_chunks(source)
+    if isinstance(source, np.ndarray):
+        return da.from_array(source, chunks=(rows, n_features))
+    # zarr / h5py / lazy files: never read here; each task reads its own rows
+    return da.from_array(source, chunks=(rows, n_features), lock=False, asarray=True)
 
 
 def temporary_sibling(path):
