@@ -15,6 +15,7 @@ Run: ``python -m benchmarks.bench_cluster [--quick]``.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import warnings
 
@@ -25,7 +26,7 @@ import zarr
 from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning
 
-from dask_gmm import GaussianMixture
+from dask_gmm import GaussianMixture, worker_settings
 
 from ._common import machine_summary, write_section
 from .bench_em_iteration import make_data, per_iteration, starting_point
@@ -47,12 +48,20 @@ def timings(Z, inits, n_components, m_long, covariance_type, persist=False):
     with dask.config.set(scheduler="threads"):
         data = Z.persist() if persist else Z
         results["threads (1 process x 2 threads)"] = per_iteration(model, data, 1, m_long, 2)
-    for n_workers, threads in ((1, 2), (2, 1)):
-        with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+    for n_workers, threads, tuned in ((1, 2, False), (1, 2, True), (2, 1, True)):
+        config = worker_settings() if tuned else {}
+        # a nanny leaves its settings in this process's environment, which would
+        # override the next cluster's config
+        for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+            os.environ.pop(name, None)
+        with dask.config.set(config), \
+                LocalCluster(n_workers=n_workers, threads_per_worker=threads,
+                             processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
             data = client.persist(Z) if persist else Z
             name = (f"LocalCluster ({n_workers} worker{'s' * (n_workers > 1)} x {threads} "
-                    f"thread{'s' * (threads > 1)})")
+                    f"thread{'s' * (threads > 1)}, "
+                    f"{'dask_gmm.worker_settings()' if tuned else 'distributed defaults'})")
             results[name] = per_iteration(model, data, 1, m_long, 2)
     return results
 

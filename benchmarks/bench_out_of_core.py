@@ -2,7 +2,8 @@
 cluster's total memory limit.
 
 For each size: seconds per EM iteration (diagonal covariance, K=4, D=16, on a
-LocalCluster of 2 workers x 1 thread with a 1 GiB memory limit each), the peak
+LocalCluster of 2 workers x 1 thread with a 1 GiB memory limit each and
+``dask_gmm.worker_settings()``), the peak
 memory of all processes (client, scheduler, workers: summed RSS sampled every
 50 ms), and the throughput as a fraction of this machine's dask-from-zarr read
 rate (``da.from_zarr(path).sum()`` on the same cluster, measured in the same run).
@@ -19,6 +20,7 @@ import threading
 import time
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 import psutil
@@ -26,7 +28,7 @@ import zarr
 from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning
 
-from dask_gmm import GaussianMixture
+from dask_gmm import GaussianMixture, worker_settings
 
 from ._common import machine_summary, write_section
 
@@ -97,8 +99,9 @@ def main(argv=None):
     memory_limit = 2**30
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                          memory_limit=memory_limit, dashboard_address=None) as cluster, \
+        with dask.config.set(worker_settings()), \
+                LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                             memory_limit=memory_limit, dashboard_address=None) as cluster, \
                 Client(cluster):
             for factor in (1, 4, 16):
                 n_samples = base * factor

@@ -1,10 +1,11 @@
 """dask-gmm: Gaussian mixture models for arrays that do not fit in memory."""
 
+from ._engine import worker_settings
 from .gaussian_mixture import GaussianMixture, InvalidParameterError
 from .io import open_array
 from .persistence import ModelFormatError, load
 from .sweep import GaussianMixtureSweep, plot_criterion
 
 __all__ = ["GaussianMixture", "GaussianMixtureSweep", "InvalidParameterError",
-           "ModelFormatError", "load", "open_array", "plot_criterion"]
+           "ModelFormatError", "load", "open_array", "plot_criterion", "worker_settings"]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ._engine import worker_settings
 from .persistence import ModelFormatError
 
 logger = logging.getLogger("dask_gmm.cli")
@@ -124,9 +125,10 @@ def scheduler_context(settings):
         cores = os.cpu_count() or 1
         n_workers = settings.n_workers or max(1, cores // 2)
         threads = settings.threads_per_worker or max(1, cores // n_workers)
-        with LocalCluster(n_workers=n_workers, threads_per_worker=threads,
-                          memory_limit=settings.memory_limit, dashboard_address=None,
-                          processes=True, silence_logs=logging.WARNING) as cluster, \
+        with dask.config.set(worker_settings()), \
+                LocalCluster(n_workers=n_workers, threads_per_worker=threads,
+                             memory_limit=settings.memory_limit, dashboard_address=None,
+                             processes=True, silence_logs=logging.WARNING) as cluster, \
                 Client(cluster) as client:
             logger.info("local cluster: %d workers x %d threads", n_workers, threads)
             yield client

@@ -61,3 +61,38 @@ def test_zarr_bigger_than_worker_memory_limit_fits_with_flat_memory(cluster, tmp
           f"array {array_bytes / 2**20:.0f} MiB")
     assert growth < 0.25 * array_bytes, (baseline, growth, array_bytes)
     np.testing.assert_allclose(np.sort(gm.weights_), [1 / 3] * 3, atol=0.01)
+
+
+def test_worker_settings_reach_the_worker_processes(monkeypatch):
+    """dask_gmm.worker_settings() replaces the nanny's MALLOC_TRIM_THRESHOLD_=65536."""
+    import os
+
+    import dask
+
+    from dask_gmm import worker_settings
+
+    # A nanny writes its settings into this process's environment, and the
+    # environment wins over config: undo what earlier clusters of this run left.
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    with dask.config.set(worker_settings()), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        environ = client.run(lambda: {k: os.environ.get(k) for k in
+                                      ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")})
+    (values,) = environ.values()
+    assert values == {"MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+                      "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20)}
+
+
+def test_deploy_config_matches_worker_settings():
+    from pathlib import Path
+
+    import yaml
+
+    from dask_gmm import worker_settings
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "dask.yaml").read_text())
+    environ = config["distributed"]["nanny"]["pre-spawn-environ"]
+    assert {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()} \
+        == worker_settings()
