@@ -21,7 +21,6 @@ import warnings
 
 import dask
 import dask.array as da
-import numpy as np
 import zarr
 from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning

@@ -38,14 +38,6 @@ from ._validation import (
 
 logger = logging.getLogger("dask_gmm")
 
-_COVARIANCE_SHAPES = {
-    "full": "(n_components, n_features, n_features)",
-    "tied": "(n_features, n_features)",
-    "diag": "(n_components, n_features)",
-    "spherical": "(n_components,)",
-}
-
-
 def prepare_rows(X, lazy, sample_weight):
     """Validated ``X`` (numpy or dask) and weights as :class:`ChunkedRows`."""
     sample_weight = check_sample_weight(sample_weight, X, lazy)
@@ -359,7 +351,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 if not saved.converged and saved.n_iter < self.max_iter:
                     result = yield from self._em(
                         data, saved.params, saved.lower_bound, eps, float32_input,
-                        lower_bounds=saved.lower_bounds, n_iter=saved.n_iter,
+                        lower_bounds=saved.lower_bounds, done_iter=saved.n_iter,
                         checkpoint=self._checkpointer(checkpoint, fingerprint, init,
                                                       random_state, best),
                         data_sums=saved.data_sums, checkpoint_path=checkpoint,
@@ -389,6 +381,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 "Try different init parameters, or increase max_iter, "
                 "tol, or check for degenerate data.",
                 ConvergenceWarning,
+                stacklevel=2,
             )
         self._set_params_from(params, dtype)
         self.converged_ = converged
@@ -444,10 +437,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return params
 
     def _em(self, data, params, lower_bound, eps, float32_input, lower_bounds=(),
-            n_iter=0, checkpoint=None, data_sums=None, checkpoint_path=None):
+            done_iter=0, checkpoint=None, data_sums=None, checkpoint_path=None):
         """Step generator: EM from ``params``, one chunk pass per iteration.
 
-        ``lower_bounds`` and ``n_iter`` continue a resumed fit; ``checkpoint``
+        ``lower_bounds`` and ``done_iter`` continue a resumed fit; ``checkpoint``
         is called with the state after every iteration; ``data_sums`` (from a
         checkpoint) are compared with the first pass's to catch changed data.
 
@@ -457,7 +450,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         lower_bounds = list(lower_bounds)
         converged = False
-        for n_iter in range(n_iter + 1, self.max_iter + 1):
+        n_iter = done_iter
+        for n_iter in range(done_iter + 1, self.max_iter + 1):
             start = perf_counter()
             previous = lower_bound
             stats = yield K.EStep(params)

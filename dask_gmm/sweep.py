@@ -18,7 +18,6 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels as K
@@ -251,6 +250,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 f"{len(failures)} of {n} candidates failed and were skipped (NaN "
                 "scores, message in results_['error']):\n" + "\n".join(failures),
                 UserWarning,
+                stacklevel=2,
             )
         best = int(np.nanargmin(results[self.criterion]))
         self.results_ = results

@@ -5,7 +5,6 @@ import contextlib
 from dask.callbacks import Callback
 import dask.array as da
 import numpy as np
-import pytest
 from sklearn.datasets import make_blobs
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
