@@ -220,3 +220,16 @@ def test_threads_and_sync_schedulers_agree():
         with dask.config.set(scheduler=scheduler):
             results.append(GaussianMixture(4, **inits).fit(as_dask(X, 150)).means_)
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_sample_for_every_covariance_type(covariance_type):
+    X, _ = blobs(3000)
+    gm = GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(X)
+    rows, labels = gm.sample(40000)
+    k = int(np.argmax(gm.weights_))
+    spread = np.sqrt(np.max(gm.covariances_))
+    np.testing.assert_allclose(rows[labels == k].mean(axis=0), gm.means_[k],
+                               atol=0.05 * spread + 0.05)
+    # the drawn rows score like the model's own data
+    assert abs(gm.score(rows) - gm.score(X)) < 0.2
