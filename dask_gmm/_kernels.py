@@ -339,6 +339,8 @@ def _row_blocks(X, sample_weight, rows):
 def chunk_shift(X):
     """A point near the chunk's data: the mean of its first row block."""
     head = np.asarray(X[:SHIFT_ROWS], dtype=np.float64)
+    if head.shape[0] == 0:  # an empty chunk (dask allows them)
+        return np.zeros(X.shape[1])
     shift = head.mean(axis=0)
     if not np.isfinite(shift).all():
         shift = np.zeros(X.shape[1])  # the row check reports the bad rows

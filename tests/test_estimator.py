@@ -233,3 +233,15 @@ def test_sample_for_every_covariance_type(covariance_type):
                                atol=0.05 * spread + 0.05)
     # the drawn rows score like the model's own data
     assert abs(gm.score(rows) - gm.score(X)) < 0.2
+
+
+def test_empty_chunks_are_harmless():
+    X, _ = blobs()
+    dX = da.from_array(X, chunks=((700, 0, 800, 0), (3,)))
+    inits = reference_inits(X, 4, "diag")
+    ours = GaussianMixture(4, covariance_type="diag", **inits).fit(dX)
+    reference = GaussianMixture(4, covariance_type="diag", **inits).fit(X)
+    np.testing.assert_allclose(ours.means_, reference.means_, rtol=1e-10)
+    labels = ours.predict(dX)
+    assert labels.chunks == ((700, 0, 800, 0),)
+    np.testing.assert_array_equal(labels.compute(), reference.predict(X))
