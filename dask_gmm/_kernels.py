@@ -801,13 +801,15 @@ def m_step(stats, covariance_type, reg_covar, eps, float32_input=False):
 # Per-row outputs (predict, predict_proba, score_samples).
 
 
-def log_resp_and_norm(X, params):
+def log_resp_and_norm(X, params, row_start=0, chunk_index=None):
     """Log responsibilities and per-row log-likelihood for one block of rows.
 
     Parameters
     ----------
     X : ndarray of shape (n, D)
     params : Params
+    row_start, chunk_index : int
+        Where ``X`` sits in the whole input, for error messages.
 
     Returns
     -------
@@ -820,6 +822,8 @@ def log_resp_and_norm(X, params):
     log_norm = np.empty(n)
     for start, rows, _ in _row_blocks(X, None, block_rows(_row_width(params))):
         block = RowBlock(rows - shift, None, start)
+        if not np.isfinite(block.Y).all():
+            check_finite_rows(rows, row_start + start, _where(chunk_index))
         with np.errstate(invalid="ignore", over="ignore"):
             wlp = weighted_log_prob(block, params, shift)
         stop = start + block.n
@@ -832,16 +836,26 @@ def log_resp_and_norm(X, params):
     return log_resp, log_norm
 
 
-def predict_block(X, params):
+def _block_position(block_info):
+    """``(row_start, chunk_index)`` of a ``map_blocks`` block, or ``(0, None)``."""
+    if not block_info:
+        return 0, None
+    info = block_info[0]
+    return info["array-location"][0][0], info["chunk-location"][0]
+
+
+def predict_block(X, params, block_info=None):
     """Most likely component of each row, shape ``(n,)``, int64."""
-    return log_resp_and_norm(X, params)[0].argmax(axis=1)
+    return log_resp_and_norm(X, params, *_block_position(block_info))[0].argmax(axis=1)
 
 
-def predict_proba_block(X, params, dtype):
+def predict_proba_block(X, params, dtype, block_info=None):
     """Responsibilities of each row, shape ``(n, K)``, in ``dtype``."""
-    return np.exp(log_resp_and_norm(X, params)[0]).astype(dtype, copy=False)
+    log_resp = log_resp_and_norm(X, params, *_block_position(block_info))[0]
+    return np.exp(log_resp).astype(dtype, copy=False)
 
 
-def score_samples_block(X, params, dtype):
+def score_samples_block(X, params, dtype, block_info=None):
     """Log-likelihood of each row, shape ``(n,)``, in ``dtype``."""
-    return log_resp_and_norm(X, params)[1].astype(dtype, copy=False)
+    log_norm = log_resp_and_norm(X, params, *_block_position(block_info))[1]
+    return log_norm.astype(dtype, copy=False)

@@ -567,8 +567,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
 
-        def block_fn(block, params):
-            return K.predict_proba_block(block, params, block.dtype)
+        def block_fn(block, params, block_info=None):
+            return K.predict_proba_block(block, params, block.dtype, block_info)
 
         return self._rowwise(X, block_fn, dtype, extra_dim=self._n_components_fitted())
 
@@ -580,8 +580,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         log_prob : ndarray or dask array of shape (n_samples,)
         """
 
-        def block_fn(block, params):
-            return K.score_samples_block(block, params, block.dtype)
+        def block_fn(block, params, block_info=None):
+            return K.score_samples_block(block, params, block.dtype, block_info)
 
         dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
         return self._rowwise(X, block_fn, dtype)

@@ -182,3 +182,14 @@ def test_failed_fit_leaves_an_unfitted_estimator_unfitted(X):
     with pytest.raises(ValueError):
         gm.fit(as_dask(bad, 200))
     assert not [name for name in vars(gm) if name.endswith("_")]
+
+
+def test_predicting_non_finite_dask_rows_raises_when_computed(X):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    bad = X.copy()
+    bad[321, 0] = np.nan
+    labels = gm.predict(as_dask(bad, 100))  # lazy: nothing read yet
+    with pytest.raises(ValueError, match=r"Input X contains NaN in chunk 3: rows \[321\]"):
+        labels.compute()
+    with pytest.raises(ValueError, match=r"in chunk 3: rows \[321\]"):
+        gm.score_samples(as_dask(bad, 100)).compute()
