@@ -88,7 +88,8 @@ def main(argv=None):
         "seconds per EM iteration (best of 2, from fits of 1 and 4 iterations). Overhead: "
         "N=100,000, D=4, K=3 diagonal in 1,000 chunks of 100 rows, persisted in memory.",
         "",
-        "| scheduler | s/iter, N=1e6 full | ratio to threads | s/iter, 1,000 tiny chunks "
+        f"| scheduler | s/iter, N={n_samples:,} full | ratio to threads | "
+        "s/iter, 1,000 tiny chunks "
         "| ms per chunk task |",
         "|---|---|---|---|---|",
     ]
