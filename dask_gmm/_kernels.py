@@ -23,7 +23,7 @@ of component ``k`` satisfies ``precision_k = U U^T``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import solve_triangular
@@ -157,7 +157,6 @@ class SuffStats:
     s2: np.ndarray | None
     shift: np.ndarray
     covariance_type: str = "full"
-    _partial_ll: list = field(default_factory=list, repr=False, compare=False)
 
 
 def empty_stats(n_components, n_features, covariance_type, shift, second_moments=True):
@@ -501,7 +500,13 @@ def _accumulate(stats, block, R):
 
 
 # --------------------------------------------------------------------------
-# Requests: what a pass computes from each chunk.
+# Requests: what a pass computes from each chunk. ``accumulate(block, stats,
+# context)`` adds one row block into ``stats`` and returns the block's share of
+# ``log_likelihood`` (or None); ``chunk_pass`` sums the shares exactly.
+
+
+def _weighted_sum(values, w):
+    return float(values.sum() if w is None else values @ w)
 
 
 class EStep:
@@ -521,7 +526,7 @@ class EStep:
         with np.errstate(invalid="ignore", over="ignore"):
             R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         _accumulate(stats, block, R)
-        stats._partial_ll.append(log_norm.sum() if block.w is None else log_norm @ block.w)
+        return _weighted_sum(log_norm, block.w)
 
 
 class HardAssignment:
@@ -559,7 +564,7 @@ class HardAssignment:
         R = np.zeros((block.n, len(centers)))
         R[rows, labels] = 1.0
         _accumulate(stats, block, R)
-        stats._partial_ll.append(-(closest.sum() if block.w is None else closest @ block.w))
+        return -_weighted_sum(closest, block.w)
 
 
 class RandomResponsibilities:
@@ -606,7 +611,7 @@ class LogLikelihood:
         with np.errstate(invalid="ignore", over="ignore"):
             _, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         stats.n += block.total_weight()
-        stats._partial_ll.append(log_norm.sum() if block.w is None else log_norm @ block.w)
+        return _weighted_sum(log_norm, block.w)
 
 
 def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
@@ -638,17 +643,20 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
     # shared by every chunk task, and tasks run in parallel threads.
     contexts = [request.start_chunk(chunk_index) if hasattr(request, "start_chunk")
                 else None for request in requests]
+    # per-block log-likelihood contributions, summed exactly at the end
+    partials = [[] for _ in requests]
     rows_per_block = block_rows(max(r.row_width() for r in requests))
     for start, rows, w in _row_blocks(X, sample_weight, rows_per_block):
         Y = rows - shift
         if not np.isfinite(Y).all():
             check_finite_rows(rows, row_start + start, _where(chunk_index))
         block = RowBlock(Y, w, start)
-        for request, st, context in zip(requests, stats, contexts):
-            request.accumulate(block, st, context)
-    for st in stats:
-        st.log_likelihood = math.fsum(st._partial_ll)
-        st._partial_ll = []
+        for request, st, context, partial in zip(requests, stats, contexts, partials):
+            contribution = request.accumulate(block, st, context)
+            if contribution is not None:
+                partial.append(contribution)
+    for st, partial in zip(stats, partials):
+        st.log_likelihood = math.fsum(partial)
     return stats
 
 
