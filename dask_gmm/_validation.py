@@ -62,15 +62,6 @@ def store_row_chunks(store):
                           storage[0] if storage else None)
 
 
-def as_dask_array(X):
-    """Wrap a zarr array or h5py dataset as a row-chunked dask array."""
-    if X.ndim != 2:
-        raise ValueError(
-            f"Expected 2D array, got {X.ndim}D array instead with shape {X.shape}."
-        )
-    return da.from_array(X, chunks=(store_row_chunks(X), X.shape[1]))
-
-
 def _check_dtype(dtype, name="X"):
     if dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {name} has dtype {dtype}.")
@@ -151,7 +142,9 @@ def check_X(estimator, X, reset, ensure_min_samples=1):
         True when ``X`` is a dask array.
     """
     if _is_lazy_store(X):
-        X = as_dask_array(X)
+        from .io import open_array  # io builds on this module
+
+        X = open_array(X)
     if not is_dask_collection(X):
         X = validate_data(
             estimator,

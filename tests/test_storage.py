@@ -6,7 +6,7 @@ import pytest
 import zarr
 
 from dask_gmm import GaussianMixture
-from dask_gmm._validation import as_dask_array
+from dask_gmm import open_array
 
 from .helpers import blobs, reference_inits
 
@@ -36,7 +36,7 @@ def test_zarr_array_fits_like_numpy(tmp_path, zarr_format):
     in_memory = GaussianMixture(4, **inits).fit(X)
     np.testing.assert_allclose(from_disk.means_, in_memory.means_, rtol=1e-10)
     labels = from_disk.predict(store)
-    assert labels.chunks[0] == as_dask_array(store).chunks[0]
+    assert labels.chunks[0] == open_array(store).chunks[0]
     np.testing.assert_array_equal(labels.compute(), in_memory.predict(X))
 
 
