@@ -74,7 +74,6 @@ def common_options(command):
         level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
         logging.basicConfig(level=level,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        settings.log_level = level
         try:
             return command(settings, **kwargs)
         except EXPECTED_ERRORS as error:

@@ -111,8 +111,11 @@ def test_layout_does_not_change_the_answer(zarr_data, chunks):
         assert_same(fitted, reference)
 
 
-def _kill_one_worker_after(client, rounds_seen, n_rounds, killed):
+def _kill_one_worker_after(client, rounds_seen, n_rounds, killed, timeout=120):
+    deadline = time.time() + timeout  # never outlive a fit that ends early or fails
     while len(rounds_seen) < n_rounds:
+        if time.time() > deadline:
+            return
         time.sleep(0.01)
     pid = next(iter(client.run(os.getpid).values()))
     os.kill(pid, signal.SIGKILL)
