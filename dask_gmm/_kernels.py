@@ -1,4 +1,4 @@
-"""Pure numpy kernels of the EM engine.
+"""Numpy kernels of the EM engine (plus one compiled kernel, in ``_fused``).
 
 Nothing here knows about dask. :func:`chunk_pass` takes one block of rows and a
 list of *requests* (an E-step, a k-means step, random responsibilities, a
@@ -263,27 +263,42 @@ def combine_stat_lists(*lists):
 
 
 class RowBlock:
-    """Shifted rows of one block and what several requests can share.
+    """One block of a chunk's rows and what several requests can share.
 
-    Attributes
+    Parameters
     ----------
-    Y : ndarray of shape (n, D)
-        Rows minus the chunk's shift, float64.
+    rows : ndarray of shape (n, D)
+        The rows as stored (float32 or float64), finite.
+    shift : ndarray of shape (D,)
+        The chunk's shift.
     w : ndarray of shape (n,) or None
         Sample weights.
     start : int
         Index of the first row within the chunk.
     """
 
-    def __init__(self, Y, w, start):
-        self.Y = Y
+    def __init__(self, rows, shift, w, start):
+        self.rows = rows
+        self.shift = shift
         self.w = w
         self.start = start
+        self._Y = None
         self._quad_t = None
 
     @property
     def n(self):
-        return self.Y.shape[0]
+        return self.rows.shape[0]
+
+    @property
+    def Y(self):
+        """Rows minus the shift in float64, shape ``(n, D)``; built on first use.
+
+        The compiled full-covariance kernel reads ``rows`` directly, so a pass
+        of full-covariance E-steps never makes this copy.
+        """
+        if self._Y is None:
+            self._Y = np.subtract(self.rows, self.shift, dtype=np.float64)
+        return self._Y
 
     @property
     def quad_t(self):
@@ -328,11 +343,16 @@ def _row_width(params):
 
 
 def _row_blocks(X, sample_weight, rows):
-    """Yield ``(start, rows float64, weights)`` for blocks of ``rows`` rows of ``X``."""
+    """Yield ``(start, rows, weights)`` for blocks of ``rows`` rows of ``X``.
+
+    float32 and float64 rows keep their dtype (no upcast copy); any other
+    dtype becomes float64.
+    """
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
     for start in range(0, X.shape[0], rows):
         stop = start + rows
         w = None if sample_weight is None else np.asarray(sample_weight[start:stop], np.float64)
-        yield start, np.asarray(X[start:stop], dtype=np.float64), w
+        yield start, np.asarray(X[start:stop], dtype=dtype), w
 
 
 def chunk_shift(X):
@@ -509,6 +529,28 @@ def _weighted_sum(values, w):
     return float(values.sum() if w is None else values @ w)
 
 
+def _full_e_step(block, params, stats):
+    """The E-step for full covariances through the compiled kernel (see ``_fused``)."""
+    # Imported on first use: numba and the compiled code cost a process ~150 MiB,
+    # which fits of the other covariance types need not pay.
+    from . import _fused
+
+    n_components, n_features = params.means.shape
+    prec_chol = params.prec_chol
+    whiten_t = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(-1, n_features))
+    offsets = np.einsum("kd,kde->ke", params.means - stats.shift, prec_chol)
+    with np.errstate(divide="ignore"):
+        log_const = np.log(params.weights)
+    log_const += log_det_cholesky(prec_chol, "full", n_features)
+    log_const -= 0.5 * n_features * math.log(2 * math.pi)
+    w = np.empty(0) if block.w is None else np.ascontiguousarray(block.w, dtype=np.float64)
+    stats.n += block.total_weight()
+    return _fused.full_e_step(
+        np.ascontiguousarray(block.rows), stats.shift, w, whiten_t, np.ascontiguousarray(offsets),
+        log_const, _fused.tile_rows(n_components, n_features),
+        stats.nk, stats.s1, stats.s2)
+
+
 class EStep:
     """E-step plus the partial M-step sums under ``params`` (one EM iteration)."""
 
@@ -516,6 +558,8 @@ class EStep:
         self.params = params
 
     def row_width(self):
+        if self.params.covariance_type == "full":  # the compiled kernel works in tiles
+            return self.params.means.shape[1]
         return _row_width(self.params)
 
     def empty(self, n_features, shift):
@@ -523,6 +567,8 @@ class EStep:
                            self.params.covariance_type, shift)
 
     def accumulate(self, block, stats, context=None):
+        if self.params.covariance_type == "full":
+            return _full_e_step(block, self.params, stats)
         with np.errstate(invalid="ignore", over="ignore"):
             R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         _accumulate(stats, block, R)
@@ -647,10 +693,9 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
     partials = [[] for _ in requests]
     rows_per_block = block_rows(max(r.row_width() for r in requests))
     for start, rows, w in _row_blocks(X, sample_weight, rows_per_block):
-        Y = rows - shift
-        if not np.isfinite(Y).all():
+        if not np.isfinite(rows).all():
             check_finite_rows(rows, row_start + start, _where(chunk_index))
-        block = RowBlock(Y, w, start)
+        block = RowBlock(rows, shift, w, start)
         for request, st, context, partial in zip(requests, stats, contexts, partials):
             contribution = request.accumulate(block, st, context)
             if contribution is not None:
@@ -829,9 +874,9 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None):
     log_resp = np.empty((n, len(params.weights)))
     log_norm = np.empty(n)
     for start, rows, _ in _row_blocks(X, None, block_rows(_row_width(params))):
-        block = RowBlock(rows - shift, None, start)
-        if not np.isfinite(block.Y).all():
+        if not np.isfinite(rows).all():
             check_finite_rows(rows, row_start + start, _where(chunk_index))
+        block = RowBlock(rows, shift, None, start)
         with np.errstate(invalid="ignore", over="ignore"):
             wlp = weighted_log_prob(block, params, shift)
         stop = start + block.n

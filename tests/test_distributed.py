@@ -17,10 +17,21 @@ def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def small_cluster():
+    return LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                        memory_limit="450MiB", dashboard_address=None)
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                      memory_limit="450MiB", dashboard_address=None) as cluster:
+    with small_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A worker that has run nothing yet (a full-covariance fit loads numba, ~150 MiB)."""
+    with small_cluster() as cluster:
         yield cluster
 
 
@@ -36,7 +47,7 @@ def test_client_gives_the_same_fit_as_threads(cluster):
     np.testing.assert_array_equal(labels, threaded.predict(X))
 
 
-def test_zarr_bigger_than_worker_memory_limit_fits_with_flat_memory(cluster, tmp_path):
+def test_zarr_bigger_than_worker_memory_limit_fits_with_flat_memory(fresh_cluster, tmp_path):
     n_samples, n_features, rows = 6_000_000, 16, 150_000
     store = zarr.open_array(tmp_path / "big.zarr", mode="w", shape=(n_samples, n_features),
                             chunks=(rows, n_features), dtype="f8")
@@ -50,7 +61,7 @@ def test_zarr_bigger_than_worker_memory_limit_fits_with_flat_memory(cluster, tmp
     X = da.from_zarr(store)
     gm = GaussianMixture(3, covariance_type="diag", max_iter=2, tol=0,
                          means_init=centers + 0.5, random_state=0)
-    with Client(cluster) as client:
+    with Client(fresh_cluster) as client:
         client.run(lambda: __import__("dask_gmm"))  # imports are not data
         baseline = max(client.run(_peak_rss_bytes).values())
         with pytest.warns(Warning, match="did not converge"):

@@ -25,7 +25,7 @@ def fitted_reference(covariance_type):
 def test_weighted_log_prob_matches_sklearn_densities(covariance_type):
     X, gm, params = fitted_reference(covariance_type)
     shift = X.mean(axis=0)
-    wlp = K.weighted_log_prob(K.RowBlock(X - shift, None, 0), params, shift)
+    wlp = K.weighted_log_prob(K.RowBlock(X, shift, None, 0), params, shift)
     np.testing.assert_allclose(logsumexp(wlp, axis=1), gm.score_samples(X), rtol=1e-10)
     resp, log_norm = K.responsibilities(wlp.copy())
     np.testing.assert_allclose(log_norm, gm.score_samples(X), rtol=1e-10)
@@ -180,7 +180,7 @@ def test_one_chunk_pass_serves_many_requests_like_separate_passes():
 
 def test_quadratic_features_are_the_packed_outer_products():
     Y = np.random.RandomState(0).normal(size=(5, 4))
-    quad = K.RowBlock(Y, None, 0).quad_t.T
+    quad = K.RowBlock(Y, np.zeros(4), None, 0).quad_t.T
     rows, cols = np.triu_indices(4)
     np.testing.assert_allclose(quad, Y[:, rows] * Y[:, cols])
     np.testing.assert_allclose(K.unpack_symmetric(quad.sum(axis=0), 4), Y.T @ Y)

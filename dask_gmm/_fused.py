@@ -1,0 +1,202 @@
+"""Compiled (numba) kernel for the full-covariance E-step.
+
+For full covariances numpy has to materialise every intermediate of an EM
+iteration: the whitened rows of all components (``n x K D``), their squares,
+the log densities, the packed products ``y_i y_j`` (``n x T``). With few
+features those passes over memory cost more than the arithmetic. The kernel
+here walks a block in tiles of rows that stay in cache and does, per tile:
+
+1. one BLAS product that whitens the tile for every component
+   (``[U_1 ... U_K]^T y``, the same form and rounding as the numpy kernel);
+2. squared norms, log densities, the log-sum-exp and the responsibilities in
+   one loop over the tile, with an exponential that vectorises;
+3. one BLAS product of the responsibilities with the tile's packed products
+   for the second moments.
+
+Results agree with :func:`dask_gmm._kernels.weighted_log_prob` /
+:func:`dask_gmm._kernels.responsibilities` to rounding (tests compare them).
+The functions release the GIL, so dask's threads run them in parallel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# Everything except assuming no NaN/inf: the kernels compare with -inf and
+# rely on exp(-inf) == 0.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 split in two for an exact reduction
+_LN2_LO = 1.90821492927058770002e-10
+# Below this, responsibilities are flushed to exact zeros (as in the numpy path:
+# subnormal numbers slow every later product).
+_EXP_FLOOR = -700.0
+
+# Bytes of per-tile buffers to aim for; tiles never have more than TILE_ROWS rows.
+TILE_BYTES = 8 * 2**20
+TILE_ROWS = 128
+
+
+def tile_rows(n_components, n_features):
+    """Rows per tile for ``K`` components of ``D`` features (a multiple of 8, at least 8)."""
+    n_packed = n_features * (n_features + 1) // 2
+    row_bytes = 8 * (n_features + n_components * n_features + n_packed + 2 * n_components + 4)
+    rows = min(TILE_ROWS, TILE_BYTES // row_bytes)
+    return max(8, rows // 8 * 8)
+
+
+# No reassociation here: it would undo the two-part ln 2 of the range reduction.
+@njit(nogil=True, fastmath={"nsz", "contract"}, cache=True)
+def _exp_nonpositive(x, out, out_bits, m):
+    """``out[:m] = exp(x[:m])`` for ``x <= 0``; exactly 0 below ``_EXP_FLOOR``.
+
+    ``out_bits`` is ``out`` viewed as int64. Range reduction ``x = k ln2 + f``
+    with ``|f| <= ln2 / 2``, a degree-12 Taylor polynomial for ``exp(f)``
+    (truncation below 2e-16 relative), then ``k`` added to the exponent bits:
+    all of it vectorises, unlike a call to libm's ``exp``.
+    """
+    for r in range(m):
+        v = max(x[r], _EXP_FLOOR)
+        kf = np.floor(v * _LOG2E + 0.5)
+        f = v - kf * _LN2_HI - kf * _LN2_LO
+        p = 1.0 / 479001600.0
+        p = p * f + 1.0 / 39916800.0
+        p = p * f + 1.0 / 3628800.0
+        p = p * f + 1.0 / 362880.0
+        p = p * f + 1.0 / 40320.0
+        p = p * f + 1.0 / 5040.0
+        p = p * f + 1.0 / 720.0
+        p = p * f + 1.0 / 120.0
+        p = p * f + 1.0 / 24.0
+        p = p * f + 1.0 / 6.0
+        p = p * f + 0.5
+        p = p * f + 1.0
+        p = p * f + 1.0
+        out[r] = p
+        out_bits[r] += np.int64(kf) << 52
+    for r in range(m):
+        if x[r] < _EXP_FLOOR:
+            out[r] = 0.0
+
+
+@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+def exp_nonpositive(x):
+    """The kernel's exponential on an array of values ``<= 0`` (for tests)."""
+    out = np.empty(x.shape[0])
+    _exp_nonpositive(x, out, out.view(np.int64), x.shape[0])
+    return out
+
+
+@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
+    """E-step of full covariances, adding the sums about ``shift`` in place.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float32 or float64, C-contiguous
+        Finite rows, read as they are (no float64 copy of the block).
+    shift : ndarray of shape (D,)
+        The point the sums are taken about (the chunk's shift).
+    w : ndarray of shape (n,) or (0,)
+        Sample weights; an empty array for none.
+    whiten_t : ndarray of shape (K * D, D), C-contiguous
+        Row ``k * D + j`` is column ``j`` of the precision Cholesky factor
+        ``U_k``.
+    offsets : ndarray of shape (K, D)
+        ``(mean_k - shift) @ U_k``.
+    log_const : ndarray of shape (K,)
+        ``log weight_k + log det U_k - D/2 log(2 pi)``.
+    n_tile : int
+        Rows per tile (see :func:`tile_rows`).
+    nk : ndarray of shape (K,)
+        Adds ``sum w r_k``.
+    s1 : ndarray of shape (K, D)
+        Adds ``sum w r_k y``.
+    s2 : ndarray of shape (K, T)
+        Adds ``sum w r_k y_i y_j`` for ``i <= j`` in row-major order.
+
+    Returns
+    -------
+    float
+        ``sum w log p(y)`` over the rows.
+    """
+    n, n_features = X.shape
+    n_components = offsets.shape[0]
+    n_packed = s2.shape[1]
+    weighted = w.shape[0] > 0
+    y_t = np.zeros((n_features, n_tile))
+    z_t = np.empty((n_components * n_features, n_tile))
+    resp = np.empty((n_components, n_tile))
+    quad_t = np.empty((n_packed, n_tile))
+    top = np.empty(n_tile)
+    total = np.empty(n_tile)
+    shifted = np.empty(n_tile)
+    expo = np.empty(n_tile)
+    expo_bits = expo.view(np.int64)
+    s1_tile = np.empty((n_components, n_features))
+    s2_tile = np.empty((n_components, n_packed))
+    log_likelihood = 0.0
+    for start in range(0, n, n_tile):
+        m = min(n_tile, n - start)
+        # Columns m.. keep the previous tile's (finite) rows; their
+        # responsibilities are set to zero below.
+        for r in range(m):
+            for i in range(n_features):
+                y_t[i, r] = X[start + r, i] - shift[i]
+        np.dot(whiten_t, y_t, z_t)
+        for k in range(n_components):
+            for r in range(n_tile):
+                shifted[r] = 0.0
+            for j in range(n_features):
+                c = offsets[k, j]
+                row = k * n_features + j
+                for r in range(n_tile):
+                    v = z_t[row, r] - c
+                    shifted[r] += v * v
+            lc = log_const[k]
+            for r in range(n_tile):
+                resp[k, r] = lc - 0.5 * shifted[r]
+        for r in range(n_tile):
+            top[r] = resp[0, r]
+        for k in range(1, n_components):
+            for r in range(n_tile):
+                top[r] = max(top[r], resp[k, r])
+        for r in range(n_tile):
+            if not top[r] > -np.inf:
+                top[r] = 0.0
+            total[r] = 0.0
+        for k in range(n_components):
+            for r in range(n_tile):
+                shifted[r] = resp[k, r] - top[r]
+            _exp_nonpositive(shifted, expo, expo_bits, n_tile)
+            for r in range(n_tile):
+                resp[k, r] = expo[r]
+                total[r] += expo[r]
+        for r in range(m):
+            row_log_lik = top[r] + math.log(total[r])
+            weight = w[start + r] if weighted else 1.0
+            log_likelihood += weight * row_log_lik
+            total[r] = weight / total[r]
+        for r in range(m, n_tile):
+            total[r] = 0.0
+        for k in range(n_components):
+            acc = 0.0
+            for r in range(n_tile):
+                resp[k, r] *= total[r]
+                acc += resp[k, r]
+            nk[k] += acc
+        t = 0
+        for i in range(n_features):
+            for j in range(i, n_features):
+                for r in range(n_tile):
+                    quad_t[t, r] = y_t[i, r] * y_t[j, r]
+                t += 1
+        np.dot(resp, y_t.T, s1_tile)
+        s1 += s1_tile
+        np.dot(resp, quad_t.T, s2_tile)
+        s2 += s2_tile
+    return log_likelihood

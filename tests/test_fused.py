@@ -1,0 +1,114 @@
+"""The compiled full-covariance E-step against the numpy kernels it replaces."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dask_gmm import _fused
+from dask_gmm import _kernels as K
+
+
+def numpy_e_step(X, params, w=None):
+    """The numpy route: weighted log densities, responsibilities, sums."""
+    shift = K.chunk_shift(X)
+    stats = K.empty_stats(len(params.weights), X.shape[1], "full", shift)
+    block = K.RowBlock(np.asarray(X, dtype=np.float64), shift, w, 0)
+    R, log_norm = K.responsibilities(K.weighted_log_prob(block, params, shift))
+    K._accumulate(stats, block, R)
+    stats.log_likelihood = float(log_norm.sum() if w is None else log_norm @ w)
+    return stats
+
+
+def random_params(rng, n_components, n_features, center=0.0):
+    means = rng.normal(size=(n_components, n_features)) * 3 + center
+    A = rng.normal(size=(n_components, n_features, n_features)) * 0.3
+    cov = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    weights = rng.uniform(0.5, 1.5, n_components)
+    return K.Params(weights / weights.sum(), means, K.precision_cholesky(cov, "full"), "full")
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 7, 128, 300, 1000])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_e_step_equals_numpy_kernels(n_rows, dtype, weighted):
+    rng = np.random.default_rng(n_rows)
+    params = random_params(rng, 5, 6, center=50.0)
+    X = (rng.normal(size=(n_rows, 6)) * 4 + 50.0).astype(dtype)
+    w = rng.uniform(0, 3, n_rows) if weighted else None
+    ours = K.chunk_pass(X, [K.EStep(params)], sample_weight=w)[0]
+    reference = numpy_e_step(X, params, w)
+    assert ours.n == pytest.approx(reference.n, rel=1e-14)
+    np.testing.assert_allclose(ours.shift, reference.shift)
+    for name in ("nk", "s1", "s2"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
+                                   rtol=1e-11, atol=1e-9, err_msg=name)
+    assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12, abs=1e-9)
+
+
+def test_tiles_do_not_change_the_sums(monkeypatch):
+    rng = np.random.default_rng(1)
+    params = random_params(rng, 3, 4)
+    X = rng.normal(size=(1001, 4)) * 3
+    sums = []
+    for rows in (8, 64, 128):
+        monkeypatch.setattr(_fused, "TILE_ROWS", rows)
+        assert _fused.tile_rows(3, 4) == rows
+        stats = K.chunk_pass(X, [K.EStep(params)])[0]
+        sums.append((stats.nk, stats.s2, stats.log_likelihood))
+    for nk, s2, ll in sums[1:]:
+        np.testing.assert_allclose(nk, sums[0][0], rtol=1e-12)
+        np.testing.assert_allclose(s2, sums[0][1], rtol=1e-12)
+        assert ll == pytest.approx(sums[0][2], rel=1e-13)
+
+
+def test_tiles_shrink_for_many_features():
+    assert _fused.tile_rows(8, 16) == _fused.TILE_ROWS
+    wide = _fused.tile_rows(16, 512)
+    assert 8 <= wide < _fused.TILE_ROWS and wide % 8 == 0
+    # the tile's buffers stay near the budget
+    n_packed = 512 * 513 // 2
+    assert wide * 8 * (n_packed + 16 * 512) <= 1.1 * _fused.TILE_BYTES
+
+
+def test_component_with_zero_weight_gets_no_responsibility():
+    rng = np.random.default_rng(2)
+    params = random_params(rng, 3, 2)
+    params.weights = np.array([0.5, 0.5, 0.0])
+    X = rng.normal(size=(200, 2)) * 3
+    stats = K.chunk_pass(X, [K.EStep(params)])[0]
+    assert stats.nk[2] == 0.0 and np.all(stats.s2[2] == 0.0)
+    assert np.isfinite(stats.log_likelihood)
+    np.testing.assert_allclose(stats.nk, numpy_e_step(X, params).nk, rtol=1e-12)
+
+
+def test_far_rows_get_exact_zero_responsibilities_not_subnormals():
+    # one component far away: its responsibilities are below e^-700 and flushed
+    params = K.Params(np.array([0.5, 0.5]), np.array([[0.0], [1e3]]),
+                      K.precision_cholesky(np.ones((2, 1, 1)), "full"), "full")
+    X = np.linspace(-1, 1, 50)[:, None]
+    stats = K.chunk_pass(X, [K.EStep(params)])[0]
+    assert stats.nk[1] == 0.0
+    assert stats.nk[0] == pytest.approx(50.0, rel=1e-15)
+
+
+def test_exponential_is_accurate_on_its_whole_range():
+    x = np.concatenate([np.linspace(-700, 0, 200_001), -np.logspace(-300, 2.8, 1000), [0.0]])
+    ours = _fused.exp_nonpositive(x)
+    np.testing.assert_allclose(ours, np.exp(x), rtol=4e-16, atol=0)
+    below = _fused.exp_nonpositive(np.array([-700.5, -745.0, -1e308, -np.inf]))
+    assert np.all(below == 0.0)
+
+
+def test_numba_loads_only_when_a_full_covariance_e_step_runs():
+    code = (
+        "import sys, numpy as np, dask_gmm\n"
+        "assert 'numba' not in sys.modules\n"
+        "X = np.random.default_rng(0).normal(size=(200, 2))\n"
+        "dask_gmm.GaussianMixture(2, covariance_type='diag', max_iter=2).fit(X)\n"
+        "assert 'numba' not in sys.modules\n"
+        "dask_gmm.GaussianMixture(2, covariance_type='full', max_iter=2).fit(X)\n"
+        "assert 'numba' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
