@@ -36,6 +36,23 @@ _LN2_LO = 1.90821492927058770002e-10
 # subnormal numbers slow every later product).
 _EXP_FLOOR = -700.0
 
+
+
+def compiled(**options):
+    """``numba.njit(nogil=True, cache=True, **options)``, without the cache where none can be kept.
+
+    numba refuses ``cache=True`` when it finds no writable place for the
+    cache (a read-only install and home, a function without a source file);
+    then every process compiles again (about a second) instead of failing.
+    """
+    def decorate(function):
+        try:
+            return njit(nogil=True, cache=True, **options)(function)
+        except RuntimeError:
+            return njit(nogil=True, cache=False, **options)(function)
+    return decorate
+
+
 # Bytes of per-tile buffers to aim for; tiles never have more than TILE_ROWS rows.
 TILE_BYTES = 8 * 2**20
 TILE_ROWS = 128
@@ -50,7 +67,7 @@ def tile_rows(n_components, n_features):
 
 
 # No reassociation here: it would undo the two-part ln 2 of the range reduction.
-@njit(nogil=True, fastmath={"nsz", "contract"}, cache=True)
+@compiled(fastmath={"nsz", "contract"})
 def _exp_nonpositive(x, out, out_bits, m):
     """``out[:m] = exp(x[:m])`` for ``x <= 0``; exactly 0 below ``_EXP_FLOOR``.
 
@@ -83,7 +100,7 @@ def _exp_nonpositive(x, out, out_bits, m):
             out[r] = 0.0
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+@compiled(fastmath=_FASTMATH)
 def exp_nonpositive(x):
     """The kernel's exponential on an array of values ``<= 0`` (for tests)."""
     out = np.empty(x.shape[0])
@@ -91,7 +108,7 @@ def exp_nonpositive(x):
     return out
 
 
-@njit(nogil=True, fastmath=_FASTMATH, cache=True)
+@compiled(fastmath=_FASTMATH)
 def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
     """E-step of full covariances, adding the sums about ``shift`` in place.
 

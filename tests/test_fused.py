@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -112,3 +113,13 @@ def test_numba_loads_only_when_a_full_covariance_e_step_runs():
         "assert 'numba' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)
+
+
+def test_kernels_compile_where_numba_cannot_keep_a_cache():
+    # a function without a source file has no cache location: numba's
+    # cache=True raises, our decorator compiles without the cache instead
+    namespace = {}
+    exec(compile("def double(x):\n    return 2 * x\n", "<no file>", "exec"), namespace)
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        numba.njit(cache=True)(namespace["double"])
+    assert _fused.compiled()(namespace["double"])(21) == 42
