@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
 from numbers import Integral, Real
 from time import perf_counter
 
+import dask
 import dask.array as da
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
@@ -50,6 +52,55 @@ def prepare_rows(X, lazy, sample_weight):
     return ChunkedRows(X, sample_weight)
 
 
+# What a chunk task needs besides its chunk: the worker process itself (Python,
+# numpy, dask, numba), row-block temporaries and the statistics.
+WORKER_BASE_BYTES = 200 * 2**20
+# distributed pauses a worker at 80% of its memory limit.
+WORKER_USABLE_SHARE = 0.8
+
+
+def check_chunks_fit_workers(X, client):
+    """Refuse at once chunks that a worker's memory limit cannot hold.
+
+    A worker over its limit is restarted and its task retried, again and
+    again: without this check a too-small limit looks like a hang.
+
+    Parameters
+    ----------
+    X : dask.array.Array
+    client : distributed.Client
+    """
+    limits = [w.get("memory_limit") or 0
+              for w in client.scheduler_info()["workers"].values()]
+    limits = [limit for limit in limits if limit > 0]
+    if not limits or X.ndim != 2:
+        return
+    chunk_bytes = max(X.chunks[0]) * X.shape[1] * X.dtype.itemsize
+    needed = 2 * chunk_bytes + WORKER_BASE_BYTES
+    usable = WORKER_USABLE_SHARE * min(limits)
+    if needed > usable:
+        mib = 2**20
+        raise MemoryError(
+            f"Row chunks of {chunk_bytes / mib:.1f} MiB need about {needed / mib:.0f} MiB "
+            f"in a worker (the chunk, its temporaries and the worker process), but the "
+            f"smallest worker memory limit is {min(limits) / mib:.0f} MiB (work pauses "
+            f"at {usable / mib:.0f} MiB). Raise the limit (--memory-limit) or read "
+            f"smaller chunks (--chunk-rows, or open_array(..., chunks=ROWS))."
+        )
+
+
+def _active_client():
+    """The ``distributed.Client`` dask would use, or None (never imports distributed)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
 def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=None):
     """Fit ``estimator`` on ``X``; on any error it is left exactly as it was.
 
@@ -72,6 +123,9 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
         estimator._validate_hyperparameters()
         X, lazy = check_X(estimator, X, reset=True, ensure_min_samples=2)
         data = prepare_rows(X, lazy, sample_weight)
+        client = _active_client()
+        if client is not None and dask.config.get("scheduler", None) is None:
+            check_chunks_fit_workers(data.array, client)
         steps = estimator._fit_steps(data, X.dtype, checkpoint=checkpoint)
         (outcome,) = run_together(data, [steps],
                                   on_round=on_round, isolate=())
@@ -187,7 +241,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     Examples
     --------
-    >>> import dask.array as da
+    >>> import dask
+import dask.array as da
     >>> from dask_gmm import GaussianMixture
     >>> X = da.random.default_rng(0).normal(size=(100_000, 4), chunks=(25_000, 4))
     >>> gm = GaussianMixture(n_components=2, random_state=0).fit(X)

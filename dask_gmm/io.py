@@ -11,16 +11,21 @@ dask's threads and on a distributed cluster.
 
 from __future__ import annotations
 
+import itertools
 import os
-import uuid
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
 from ._validation import _check_dtype, store_row_chunks
+from .paths import temporary_sibling  # noqa: F401 - kept importable from here
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class UnreadableDataError(OSError):
+    """Stored data that cannot be read as stored: a missing or damaged chunk."""
 # A zarr group attribute naming the array to fit when none is named.
 DATA_ATTRIBUTE = "dask_gmm:data"
 
@@ -81,7 +86,23 @@ class NpyArray(_LazyFile):
     """A ``.npy`` file, memory-mapped on demand."""
 
     def __init__(self, path):
-        array = np.load(path, mmap_mode="r")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as error:
+            text = str(error)
+            if "mmap length" in text or "cannot reshape" in text or "size" in text:
+                raise UnreadableDataError(
+                    f"'{path}' is a truncated .npy file: it holds fewer bytes than its "
+                    "header announces.") from None
+            if "pickle" in text or "Object arrays" in text:
+                raise ValueError(f"'{path}' holds Python objects, not numbers; dask-gmm "
+                                 "never unpickles data.") from None
+            raise ValueError(f"'{path}' is not a .npy file ({text.splitlines()[0]})") \
+                from None
+        except (OSError, EOFError) as error:
+            raise ValueError(f"'{path}' is not a .npy file ({error}).") from None
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"'{path}' is not a .npy file.")
         super().__init__(path, array.shape, array.dtype, None)
 
     def _open(self):
@@ -112,12 +133,92 @@ def _split_hdf5(source, dataset):
 
 
 def _looks_hdf5(path):
-    if str(path).lower().endswith(HDF5_SUFFIXES):
-        return True
-    if _is_url(path) or not os.path.isfile(path):
+    """True for an HDF5 file: by its first bytes locally, by its suffix for URLs."""
+    if _is_url(path):
+        return str(path).lower().endswith(HDF5_SUFFIXES)
+    if not os.path.isfile(path):
         return False
     with open(path, "rb") as f:
-        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+        is_hdf5 = f.read(8) == HDF5_MAGIC
+    if not is_hdf5 and str(path).lower().endswith(HDF5_SUFFIXES):
+        raise ValueError(f"'{path}' is named like an HDF5 file but is not one (it does not "
+                         "start with the HDF5 signature).")
+    return is_hdf5
+
+
+class ZarrRows:
+    """A zarr array read by row slices; a chunk that cannot be decoded is named.
+
+    Parameters
+    ----------
+    array : zarr.Array
+    source : str
+        Where it was opened from, for messages.
+    """
+
+    def __init__(self, array, source):
+        self.array = array
+        self.source = str(source)
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.chunks = tuple(array.chunks)
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self.array[key])
+        except Exception as error:  # codecs raise many types for damaged bytes
+            rows = key[0] if isinstance(key, tuple) else key
+            start = rows.start or 0 if isinstance(rows, slice) else 0
+            stop = rows.stop if isinstance(rows, slice) and rows.stop is not None \
+                else self.shape[0]
+            first, last = start // self.chunks[0], max(start, stop - 1) // self.chunks[0]
+            which = f"chunk {first}" if first == last else f"chunks {first}-{last}"
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UnreadableDataError(
+                f"Could not read {which} (rows {start}-{stop - 1}) of zarr array "
+                f"'{self.source}': {detail}. The stored chunk is damaged; restore or "
+                "rewrite it."
+            ) from None
+
+
+def _check_stored_chunks(array, source, storage_options):
+    """Refuse a zarr array with chunks missing from storage (zarr would read fill values)."""
+    expected = array.nchunks
+    try:
+        stored = array.nchunks_initialized
+    except Exception:  # a store that cannot be listed: nothing to compare with
+        return
+    if stored >= expected:
+        return
+    missing = _missing_chunks(array, source, storage_options)
+    rows = array.chunks[0]
+    named = ", ".join(f"chunk {c[0]} (rows {c[0] * rows}-"
+                      f"{min((c[0] + 1) * rows, array.shape[0]) - 1})"
+                      for c in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise UnreadableDataError(
+        f"zarr array '{source}' has {expected - stored} of its {expected} chunks missing "
+        f"from storage{': ' + named + more if named else ''}. zarr would read them as the "
+        "fill value, i.e. made-up rows. Restore the chunk files (an array written with "
+        "write_empty_chunks=False also omits chunks equal to the fill value: rewrite it "
+        "with write_empty_chunks=True)."
+    )
+
+
+def _missing_chunks(array, source, storage_options):
+    try:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
+        base = root.rstrip("/") + ("/" + array.path if array.path else "")
+        present = {os.path.relpath(p, base).replace(os.sep, "/")
+                   for p in fs.find(base)}
+        grid = [range(-(-n // c)) for n, c in zip(array.shape, array.chunks)]
+        return [coords for coords in itertools.product(*grid)
+                if array.metadata.encode_chunk_key(coords) not in present]
+    except Exception:  # naming the chunks is a courtesy; the count is the error
+        return []
 
 
 def _open_zarr(source, dataset, storage_options):
@@ -130,7 +231,7 @@ def _open_zarr(source, dataset, storage_options):
             f"'{source}' is not a zarr array or group (nor an HDF5 or .npy file)."
         ) from error
     if isinstance(node, zarr.Array):
-        return node
+        return _checked_zarr(node, source, storage_options)
     arrays = sorted(name for name, _ in node.arrays())
     if dataset is None:
         dataset = node.attrs.get(DATA_ATTRIBUTE)
@@ -150,7 +251,13 @@ def _open_zarr(source, dataset, storage_options):
         raise ValueError(
             f"zarr group '{source}' has no array '{dataset}'; it has: {arrays}"
         )
-    return found
+    return _checked_zarr(found, f"{source}/{dataset}", storage_options, source)
+
+
+def _checked_zarr(array, name, storage_options, root=None):
+    if array.ndim == 2 and np.dtype(array.dtype).kind in "biuf":
+        _check_stored_chunks(array, root or name, storage_options)
+    return ZarrRows(array, name)
 
 
 def open_array(source, dataset=None, chunks=None, storage_options=None):
@@ -184,21 +291,7 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
         Not an array, a group without the named array, not 2-D, not numeric.
     """
     if isinstance(source, (str, os.PathLike)):
-        path, inner = _split_hdf5(source, dataset)
-        if not _exists(path, storage_options):
-            raise FileNotFoundError(f"No such file or directory: '{path}'")
-        if _looks_hdf5(path):
-            if inner is None:
-                raise ValueError(
-                    f"'{path}' is an HDF5 file: name the dataset with dataset=... "
-                    f"(--dataset), or as '{path}:/name'."
-                )
-            source = HDF5Array(path, inner)
-        elif str(path).lower().endswith(".npy"):
-            source = NpyArray(path)
-        else:
-            source = _open_zarr(path, inner, storage_options)
-
+        source = open_store(source, dataset, storage_options)
     if source.ndim != 2:
         raise ValueError(
             f"Expected a 2-D array (samples x features), got {source.ndim}-D with shape "
@@ -217,7 +310,30 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
     return da.from_array(source, chunks=(rows, n_features), lock=False, asarray=True)
 
 
-def temporary_sibling(path):
-    """A fresh name next to ``path``, for writing before renaming into place."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+def open_store(source, dataset=None, storage_options=None):
+    """The array at path or URL ``source``, unread: zarr, HDF5 or ``.npy`` (see open_array).
+
+    Returns
+    -------
+    array-like
+        With ``shape``, ``dtype``, ``chunks`` (storage chunks, or None) and slicing.
+    """
+    path, inner = _split_hdf5(source, dataset)
+    if not _exists(path, storage_options):
+        raise FileNotFoundError(f"No such file or directory: '{path}'")
+    if _looks_hdf5(path):
+        if inner is None:
+            raise ValueError(
+                f"'{path}' is an HDF5 file: name the dataset with dataset=... "
+                f"(--dataset), or as '{path}:/name'."
+            )
+        return HDF5Array(path, inner)
+    if str(path).lower().endswith(".npy"):
+        return NpyArray(path)
+    return _open_zarr(path, inner, storage_options)
+
+
+def storage_row_chunks(source, dataset=None, storage_options=None):
+    """Rows per storage chunk of the array at ``source`` (None when it has none)."""
+    chunks = getattr(open_store(source, dataset, storage_options), "chunks", None)
+    return int(chunks[0]) if chunks else None

@@ -40,7 +40,10 @@ FITTED_SCALARS = ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
                   "n_features_in_")
 ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
 RESULT_COLUMNS = ("n_components", "covariance_type", "bic", "aic", "lower_bound",
-                  "n_iter", "converged", "fit_time", "error")
+                  "n_iter", "converged", "n_passes", "finish_time", "error")
+
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 class ModelFormatError(ValueError):
@@ -95,7 +98,8 @@ def save_model(model, path, overwrite=False):
     path : str or path-like
         The model file (``.npz`` is conventional but not required).
     overwrite : bool, default=False
-        Replace an existing file. Without it an existing file is an error.
+        Replace an existing dask-gmm model file. Without it an existing file is
+        an error; a file that is not a dask-gmm model is never replaced.
 
     Returns
     -------
@@ -106,12 +110,20 @@ def save_model(model, path, overwrite=False):
     from . import __version__
     from .sweep import GaussianMixtureSweep
 
+    from . import paths
+
     check_is_fitted(model)
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(
-            f"'{path}' exists; pass overwrite=True (--overwrite) to replace it."
-        )
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"'{path}' exists; pass overwrite=True (--overwrite) to replace it."
+            )
+        if not paths.written_by_us(path, paths.MODEL):
+            raise paths.OutputError(
+                f"'{path}' exists and is not a dask-gmm model file; it is left alone even "
+                "with overwrite=True. Remove it yourself or choose another path."
+            )
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "class": type(model).__name__, "dask_gmm_version": __version__}
     if isinstance(model, GaussianMixtureSweep):
@@ -136,7 +148,16 @@ def save_model(model, path, overwrite=False):
     metadata["fitted"] = fitted
     arrays["__metadata__"] = np.array(json.dumps(metadata))
 
-    write_npz_atomically(path, arrays)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = paths.temporary_sibling(path)
+    try:
+        with open(temporary, "wb") as f:
+            np.savez(f, **arrays)
+        paths.place(temporary, path, overwrite, paths.MODEL)
+    finally:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
     return path
 
 
@@ -157,45 +178,149 @@ def write_npz_atomically(path, arrays):
             os.remove(temporary)
 
 
+HEADER_KEYS = {"format", "format_version", "class", "dask_gmm_version", "params", "fitted"}
+SWEEP_FITTED = {"best_index_", "n_rounds_", "n_features_in_", "best_params", "best_fitted"}
+MAX_HEADER_BYTES = 16 * 2**20
+NPY_HEADER_BYTES = 4096
+
+
+def _fail(path, field, problem):
+    raise ModelFormatError(f"'{path}' is a damaged or forged dask-gmm model file: "
+                           f"{field} {problem}.")
+
+
 def _read(path):
+    """The header and the zip listing; no array is read yet."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such file or directory: '{path}'")
     not_ours = ModelFormatError(f"'{path}' is not a dask-gmm model file.")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files") or "__metadata__" not in archive.files:
-                raise not_ours
-            entries = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, io.UnsupportedOperation):
+        with zipfile.ZipFile(path) as archive:
+            sizes = {info.filename[:-4]: info.file_size for info in archive.infolist()
+                     if info.filename.endswith(".npy")}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise not_ours from None
+    if sizes.get("__metadata__", MAX_HEADER_BYTES + 1) > MAX_HEADER_BYTES:
+        raise not_ours
     try:
-        metadata = json.loads(str(entries.pop("__metadata__")))
-    except (json.JSONDecodeError, TypeError):
+        with np.load(path, allow_pickle=False) as archive:
+            metadata = json.loads(str(archive["__metadata__"]))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError,
+            io.UnsupportedOperation, json.JSONDecodeError):
         raise not_ours from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise not_ours
     version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        _fail(path, "format_version", f"is {version!r}, not a positive integer")
+    if version > FORMAT_VERSION:
         raise ModelFormatError(
             f"'{path}' was written in model format version {version} by dask-gmm "
             f"{metadata.get('dask_gmm_version', '?')}; this dask-gmm reads versions up "
             f"to {FORMAT_VERSION}. Upgrade dask-gmm to load it."
         )
-    return metadata, entries
+    unknown = set(metadata) - HEADER_KEYS
+    if unknown:
+        _fail(path, "the header", f"has unknown keys {sorted(unknown)}")
+    for key in ("params", "fitted"):
+        if not isinstance(metadata.get(key, {}), dict):
+            _fail(path, key, "is not a mapping")
+    return path, metadata, sizes
 
 
-def _build_gaussian_mixture(params, fitted, entries, prefix=""):
+def _entries(path, sizes, limits):
+    """Read the entries named in ``limits`` (name -> largest allowed bytes), no others."""
+    entries = {}
+    with np.load(path, allow_pickle=False) as archive:
+        for name, limit in limits.items():
+            if name not in sizes:
+                continue
+            if sizes[name] > limit + NPY_HEADER_BYTES:
+                _fail(path, name, f"holds {sizes[name]:,} bytes where the header allows "
+                      f"{limit:,}")
+            try:
+                entries[name] = archive[name]
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+                _fail(path, name, f"cannot be read ({error})")
+    return entries
+
+
+def _covariance_shape(covariance_type, n_components, n_features):
+    return {"full": (n_components, n_features, n_features),
+            "tied": (n_features, n_features),
+            "diag": (n_components, n_features),
+            "spherical": (n_components,)}[covariance_type]
+
+
+def _read_gaussian_mixture(path, sizes, params, fitted, prefix=""):
+    """Build a GaussianMixture from the header and its arrays, checking every field."""
     from .gaussian_mixture import GaussianMixture
 
-    params = dict(params)
+    params, fitted = dict(params), dict(fitted)
+    allowed = set(GaussianMixture().get_params(deep=False)) - set(ARRAY_PARAMS)
+    if set(params) - allowed:
+        _fail(path, f"{prefix}params", f"has unknown keys {sorted(set(params) - allowed)}")
+    if set(fitted) - set(FITTED_SCALARS):
+        _fail(path, f"{prefix}fitted",
+              f"has unknown keys {sorted(set(fitted) - set(FITTED_SCALARS))}")
+    k, d = params.get("n_components"), fitted.get("n_features_in_")
+    cov_type = params.get("covariance_type")
+    for name, value in (("n_components", k), ("n_features_in_", d)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**24:
+            _fail(path, name, f"is {value!r}, not a positive integer")
+    if cov_type not in COVARIANCE_TYPES:
+        _fail(path, "covariance_type", f"is {cov_type!r}")
+    if k * d * (d if cov_type in ("full", "tied") else 1) > 2**31:
+        _fail(path, "n_components x n_features", "is too large")
+    cov_shape = _covariance_shape(cov_type, k, d)
+    shapes = {"weights_": (k,), "means_": (k, d), "covariances_": cov_shape,
+              "precisions_": cov_shape, "precisions_cholesky_": cov_shape,
+              "feature_names_in_": (d,), "param:weights_init": (k,),
+              "param:means_init": (k, d), "param:precisions_init": cov_shape}
+    limits = {prefix + name: int(np.prod(shape)) * (8 if name != "feature_names_in_"
+                                                     else 4 * 1024)
+              for name, shape in shapes.items()}
+    entries = _entries(path, sizes, limits)
+    values = {name: entries.get(prefix + name) for name in shapes}
+    for name in ("weights_", "means_", "covariances_", "precisions_",
+                 "precisions_cholesky_"):
+        if values[name] is None:
+            _fail(path, name, "is missing")
+    for name, value in values.items():
+        if value is None:
+            continue
+        if value.shape != shapes[name]:
+            _fail(path, name, f"has shape {value.shape}, expected {shapes[name]} for "
+                  f"{k} {cov_type} components of {d} features")
+        if name == "feature_names_in_":
+            if value.dtype.kind != "U":
+                _fail(path, name, "is not text")
+            continue
+        if value.dtype.kind != "f" or not np.isfinite(value).all():
+            _fail(path, name, "is not all finite numbers")
+    weights = values["weights_"]
+    atol = 1e-5 if weights.dtype == np.float32 else 1e-8
+    if (weights <= 0).any() or abs(float(weights.sum(dtype=np.float64)) - 1) > atol:
+        _fail(path, "weights_", "are not positive numbers summing to 1")
+    chol = values["precisions_cholesky_"]
+    diagonal = {"full": lambda c: np.diagonal(c, axis1=1, axis2=2),
+                "tied": np.diagonal}.get(cov_type, lambda c: c)(chol)
+    if (diagonal <= 0).any():
+        _fail(path, "precisions_cholesky_", "has a diagonal that is not positive")
+    for name in ("n_iter_",):
+        if name in fitted and (isinstance(fitted[name], bool)
+                               or not isinstance(fitted[name], int) or fitted[name] < 0):
+            _fail(path, name, f"is {fitted[name]!r}")
+    if "lower_bounds_" in fitted and not isinstance(fitted["lower_bounds_"], list):
+        _fail(path, "lower_bounds_", "is not a list")
+
     for name in ARRAY_PARAMS:
-        key = f"{prefix}param:{name}"
-        params[name] = entries[key] if key in entries else None
+        params[name] = values.get(f"param:{name}")
     model = GaussianMixture(**params)
     for name in FITTED_ARRAYS:
-        if prefix + name in entries:
-            value = entries[prefix + name]
+        value = values[name]
+        if value is not None:
             setattr(model, name, value.astype(object) if value.dtype.kind == "U" else value)
     for name, value in fitted.items():
         setattr(model, name, value)
@@ -203,7 +328,11 @@ def _build_gaussian_mixture(params, fitted, entries, prefix=""):
 
 
 def load(path):
-    """Read a model written by ``save``; safe on files from anyone (no pickle).
+    """Read a model written by ``save``; safe on files from anyone.
+
+    Nothing is unpickled, only the entries the format names are read, each after
+    its size was checked against the header, and every field is checked
+    (shapes, finite values, weights summing to 1, positive Cholesky diagonals).
 
     Parameters
     ----------
@@ -217,35 +346,68 @@ def load(path):
     ------
     FileNotFoundError
     ModelFormatError
-        Not a dask-gmm model, or written in a newer format version.
+        Not a dask-gmm model, written in a newer format version, or a field
+        that does not hold what the format says (named in the message).
     """
     from .sweep import GaussianMixtureSweep
 
-    metadata, entries = _read(path)
+    path, metadata, sizes = _read(path)
     params, fitted = metadata.get("params", {}), metadata.get("fitted", {})
     try:
         if metadata.get("class") == "GaussianMixture":
-            return _build_gaussian_mixture(params, fitted, entries)
+            return _read_gaussian_mixture(path, sizes, params, fitted)
         if metadata.get("class") == "GaussianMixtureSweep":
-            sweep = GaussianMixtureSweep(**params)
-            results = {c: entries[f"results:{c}"] for c in RESULT_COLUMNS}
-            results["covariance_type"] = results["covariance_type"].astype(object)
-            results["error"] = results["error"].astype(object)
-            results["params"] = [
-                {"n_components": int(k), "covariance_type": str(c)}
-                for k, c in zip(results["n_components"], results["covariance_type"])
-            ]
-            sweep.results_ = results
-            sweep.best_index_ = fitted["best_index_"]
-            sweep.n_rounds_ = fitted["n_rounds_"]
-            sweep.n_features_in_ = fitted["n_features_in_"]
-            sweep.best_params_ = dict(results["params"][sweep.best_index_])
-            sweep.best_estimator_ = _build_gaussian_mixture(
-                fitted["best_params"], fitted["best_fitted"], entries, prefix="best:")
-            return sweep
-    except (KeyError, TypeError) as error:
-        raise ModelFormatError(f"'{path}' is a damaged dask-gmm model file: {error}") from None
+            return _read_sweep(path, sizes, params, fitted, GaussianMixtureSweep)
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ModelFormatError):
+            raise
+        raise ModelFormatError(f"'{path}' is a damaged dask-gmm model file: {error}") \
+            from None
     raise ModelFormatError(f"'{path}' holds an unknown model class {metadata.get('class')!r}.")
+
+
+def _read_sweep(path, sizes, params, fitted, sweep_class):
+    allowed = set(sweep_class().get_params(deep=False))
+    if set(params) - allowed:
+        _fail(path, "params", f"has unknown keys {sorted(set(params) - allowed)}")
+    if set(fitted) - SWEEP_FITTED:
+        _fail(path, "fitted", f"has unknown keys {sorted(set(fitted) - SWEEP_FITTED)}")
+    n = sizes.get("results:n_components", 0) // 8
+    if n > 1_000_000:
+        _fail(path, "results", "is too large")
+    columns = RESULT_COLUMNS + ("fit_time",)  # fit_time: files written before n_passes
+    limits = {f"results:{c}": max(n, 1) * (4096 if c in ("error", "covariance_type")
+                                           else 8) for c in columns}
+    entries = _entries(path, sizes, limits)
+    if "results:fit_time" in entries and "results:finish_time" not in entries:
+        entries["results:finish_time"] = entries.pop("results:fit_time")
+        entries["results:n_passes"] = np.full(len(entries["results:finish_time"]), -1)
+    results = {c: entries[f"results:{c}"] for c in RESULT_COLUMNS}
+    n = len(results["n_components"])
+    if any(v.shape != (n,) for v in results.values()):
+        _fail(path, "results", "columns differ in length")
+    results["covariance_type"] = results["covariance_type"].astype(object)
+    results["error"] = results["error"].astype(object)
+    results["params"] = [
+        {"n_components": int(k), "covariance_type": str(c)}
+        for k, c in zip(results["n_components"], results["covariance_type"])
+    ]
+    best = fitted["best_index_"]
+    if isinstance(best, bool) or not isinstance(best, int) or not 0 <= best < n:
+        _fail(path, "best_index_", f"is {best!r}, not a row of the {n} results")
+    sweep = sweep_class(**params)
+    sweep.results_ = results
+    sweep.best_index_ = best
+    sweep.n_rounds_ = fitted["n_rounds_"]
+    sweep.n_features_in_ = fitted["n_features_in_"]
+    sweep.best_params_ = dict(results["params"][best])
+    estimator = _read_gaussian_mixture(path, sizes, fitted["best_params"],
+                                       fitted["best_fitted"], prefix="best:")
+    if (estimator.n_components, estimator.covariance_type) != (
+            sweep.best_params_["n_components"], sweep.best_params_["covariance_type"]):
+        _fail(path, "best_index_", "does not point at the best model's row of results")
+    sweep.best_estimator_ = estimator
+    return sweep
 
 
 def to_sklearn(model):

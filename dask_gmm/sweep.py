@@ -22,11 +22,16 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels as K
 from ._engine import compute_round, run_together
+from ._progress import progress_bar
+from .paths import PLOT_SOFTWARE
 from ._validation import check_X
 from .checkpoint import CheckpointMismatchError
 from .gaussian_mixture import GaussianMixture, InvalidParameterError, prepare_rows
 
 CRITERIA = ("bic", "aic")
+# Each candidate holds its parameters and a generator; a grid larger than this is
+# a typo (K=1:1000000000), not a sweep.
+MAX_CANDIDATES = 10_000
 
 
 def _as_list(value, name, kind):
@@ -66,17 +71,20 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         Given to every candidate as it is. A ``RandomState`` instance is first
         turned into one integer seed per candidate, drawn up front.
     progress : bool, default=False
-        Show a progress bar (tqdm) of finished candidates, with the round, the
-        number still running and the best lower bound so far.
+        Show a progress bar (tqdm, on stderr) counting passes over the data, with
+        the candidates finished and still running and the best lower bound so far.
 
     Attributes
     ----------
     results_ : dict of ndarray
         One entry per candidate, in the manner of ``GridSearchCV.cv_results_``:
         ``n_components, covariance_type, bic, aic, lower_bound, n_iter, converged,
-        fit_time, error`` (``''`` when the candidate succeeded) and ``params``.
-        ``pandas.DataFrame(sweep.results_)`` gives the table. ``fit_time`` is the
-        wall time from the start of the sweep until that candidate finished.
+        n_passes, finish_time, error`` (``''`` when the candidate succeeded) and
+        ``params``. ``pandas.DataFrame(sweep.results_)`` gives the table.
+        Candidates share every pass, so none has a time of its own: ``n_passes``
+        is the number of passes over the data the candidate took part in (its
+        cost in reads), ``finish_time`` the seconds from the start of the sweep
+        until it finished.
     best_index_ : int
     best_params_ : dict
     best_estimator_ : GaussianMixture
@@ -114,6 +122,30 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.progress = progress
+
+    def _check_grid(self, n_samples):
+        """Refuse, before anything is built, a grid larger than the data can support.
+
+        ``n_components`` may be a huge ``range``: only its length and ends are read.
+        """
+        ks = self.n_components
+        if isinstance(ks, (str, Integral)):
+            ks = [ks]
+        if not hasattr(ks, "__len__"):
+            return
+        types = self.covariance_type
+        n_types = 1 if isinstance(types, str) else len(types)
+        n_candidates = len(ks) * n_types
+        largest = max(ks) if len(ks) else 0
+        beyond = (f" (and n_components goes up to {largest:,} while the data have "
+                  f"{n_samples:,} rows)" if isinstance(largest, Integral)
+                  and largest > n_samples else "")
+        if n_candidates > MAX_CANDIDATES:
+            raise ValueError(
+                f"The sweep has {n_candidates:,} candidates{beyond}; at most "
+                f"{MAX_CANDIDATES:,} are allowed. Sweep a coarser grid, e.g. 1:100 or "
+                "2,4,8,16."
+            )
 
     def _candidates(self):
         if self.criterion not in CRITERIA:
@@ -159,35 +191,50 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         -------
         self : GaussianMixtureSweep
         """
-        candidates = self._candidates()
         X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
+        self._check_grid(X.shape[0])
+        candidates = self._candidates()
         data = prepare_rows(X, lazy, sample_weight)
         start = time.perf_counter()
         finished_at = [np.nan] * len(candidates)
-        bar = self._progress_bar(len(candidates))
+        n_passes = [0] * len(candidates)
         n_rounds = 0
+        n_finished = 0
 
         def timed(i, candidate):
+            nonlocal n_finished
             candidate.n_features_in_ = X.shape[1]
             path = None
             if checkpoint is not None:
                 path = os.path.join(os.fspath(checkpoint), f"{candidate.covariance_type}-"
                                     f"{candidate.n_components}.npz")
-            result = yield from candidate._fit_steps(data, X.dtype, checkpoint=path)
-            finished_at[i] = time.perf_counter() - start
-            if bar is not None:
-                bar.update(1)
-            return result
+            steps = candidate._fit_steps(data, X.dtype, checkpoint=path)
+            try:
+                request = next(steps)
+                while True:
+                    n_passes[i] += 1
+                    request = steps.send((yield request))
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                finished_at[i] = time.perf_counter() - start
+                n_finished += 1
 
-        def on_round(running):
-            nonlocal n_rounds
-            n_rounds += 1
-            if bar is not None:
-                bounds = [c.lower_bound_ for c in candidates if hasattr(c, "lower_bound_")]
-                bar.set_postfix(round=n_rounds, running=running,
-                                best_lower_bound=max(bounds) if bounds else None)
+        with progress_bar(self.progress, "sweep", "pass") as bar:
 
-        try:
+            def on_round(running):
+                nonlocal n_rounds
+                n_rounds += 1
+                if bar is not None:
+                    bounds = [c.lower_bound_ for c in candidates
+                              if hasattr(c, "lower_bound_")]
+                    postfix = {"finished": f"{n_finished}/{len(candidates)}",
+                               "running": running}
+                    if bounds:
+                        postfix["best_lower_bound"] = f"{max(bounds):.4f}"
+                    bar.set_postfix(postfix, refresh=False)
+                    bar.update(1)
+
             outcomes = run_together(
                 data,
                 [timed(i, c) for i, c in enumerate(candidates)],
@@ -195,13 +242,12 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 isolate=(ValueError, np.linalg.LinAlgError, FloatingPointError),
                 fatal=(K.NonFiniteInputError, CheckpointMismatchError),
             )
-        finally:
-            if bar is not None:
-                bar.close()
-        fitted = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
-        scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
+            fitted = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+            scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
+            if bar is not None and fitted:
+                bar.update(1)
         n_rounds += 1 if fitted else 0
-        self._record(candidates, outcomes, dict(zip(fitted, scores)), finished_at)
+        self._record(candidates, outcomes, dict(zip(fitted, scores)), finished_at, n_passes)
         self.n_rounds_ = n_rounds
         return self
 
@@ -212,7 +258,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         requests = [K.LogLikelihood(m._current_params()) for m in models]
         return [(s.n, s.log_likelihood) for s in compute_round(data, requests)]
 
-    def _record(self, candidates, outcomes, scores, finished_at):
+    def _record(self, candidates, outcomes, scores, finished_at, n_passes):
         n = len(candidates)
         results = {
             "n_components": np.array([c.n_components for c in candidates]),
@@ -223,7 +269,8 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
             "lower_bound": np.full(n, np.nan),
             "n_iter": np.zeros(n, dtype=int),
             "converged": np.zeros(n, dtype=bool),
-            "fit_time": np.array(finished_at, dtype=float),
+            "n_passes": np.array(n_passes, dtype=int),
+            "finish_time": np.array(finished_at, dtype=float),
             "error": np.array([""] * n, dtype=object),
             "params": [{"n_components": c.n_components,
                         "covariance_type": c.covariance_type} for c in candidates],
@@ -257,13 +304,6 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         self.best_index_ = best
         self.best_params_ = dict(results["params"][best])
         self.best_estimator_ = candidates[best]
-
-    def _progress_bar(self, total):
-        if not self.progress:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc="sweep", unit="candidate")
 
     # Delegation to the best candidate -----------------------------------------
 
@@ -352,6 +392,8 @@ def plot_criterion(results, path, criterion="bic"):
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    is_png = os.fspath(path).lower().endswith(".png") or "." not in os.path.basename(
+        os.fspath(path))
+    fig.savefig(path, metadata={"Software": PLOT_SOFTWARE} if is_png else None)
     plt.close(fig)
     return path

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 
-from .io import DATA_ATTRIBUTE, temporary_sibling
+from . import paths
+from ._progress import progress_bar
+from .io import DATA_ATTRIBUTE
 
 
 def true_mixture(n_features, n_components, covariance_type, seed, separation=4.0):
@@ -37,17 +38,25 @@ def true_mixture(n_features, n_components, covariance_type, seed, separation=4.0
 
 
 def _draw(rng, rows, weights, means, covariances, covariance_type):
+    """``rows`` draws from the mixture: X of shape (rows, D) and their labels.
+
+    Memory is a few (rows, D) arrays whatever D: each component's rows are
+    transformed by its own factor, never through a (rows, D, D) stack.
+    """
     labels = rng.choice(len(weights), size=rows, p=weights)
-    noise = rng.standard_normal(size=(rows, means.shape[1]))
+    X = rng.standard_normal(size=(rows, means.shape[1]))
     if covariance_type == "full":
         factors = np.linalg.cholesky(covariances)
-        X = means[labels] + np.einsum("nd,ned->ne", noise, factors[labels])
+        for k in range(len(weights)):
+            members = np.flatnonzero(labels == k)
+            X[members] = X[members] @ factors[k].T
     elif covariance_type == "tied":
-        X = means[labels] + noise @ np.linalg.cholesky(covariances).T
+        X = X @ np.linalg.cholesky(covariances).T
     elif covariance_type == "diag":
-        X = means[labels] + noise * np.sqrt(covariances[labels])
+        X *= np.sqrt(covariances)[labels]
     else:
-        X = means[labels] + noise * np.sqrt(covariances[labels])[:, None]
+        X *= np.sqrt(covariances)[labels][:, None]
+    X += means[labels]
     return X, labels
 
 
@@ -68,11 +77,10 @@ def write_mixture(out, n_samples, n_features, n_components, covariance_type="ful
     """
     import zarr
 
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"'{out}' exists; pass --overwrite to replace it.")
+    paths.check_output(out, overwrite, paths.GENERATED, option="OUT")
     weights, means, covariances = true_mixture(n_features, n_components, covariance_type,
                                                seed, separation)
-    temporary = str(temporary_sibling(out))
+    temporary = str(paths.temporary_sibling(out))
     try:
         group = zarr.open_group(temporary, mode="w", zarr_format=zarr_format)
         X = group.create_array("X", shape=(n_samples, n_features), dtype="f8",
@@ -83,23 +91,22 @@ def write_mixture(out, n_samples, n_features, n_components, covariance_type="ful
                             ("covariances", covariances)]:
             group.create_array(name, shape=value.shape, dtype="f8")[...] = value
         group.attrs.update({DATA_ATTRIBUTE: "X", "covariance_type": covariance_type,
-                            "seed": seed, "n_components": n_components})
+                            "seed": seed, "n_components": n_components,
+                            paths.MARKER: paths.GENERATED})
         starts = range(0, n_samples, chunk_rows)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="generate", unit="chunk")
-        seeds = np.random.SeedSequence(seed).spawn(len(range(0, n_samples, chunk_rows)))
-        for start, chunk_seed in zip(starts, seeds):
-            rows = min(chunk_rows, n_samples - start)
-            block, block_labels = _draw(np.random.default_rng(chunk_seed), rows, weights,
-                                        means, covariances, covariance_type)
-            X[start:start + rows] = block
-            labels[start:start + rows] = block_labels
-        if os.path.exists(out):
-            shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
-        os.rename(temporary, out)
+        seeds = np.random.SeedSequence(seed).spawn(len(starts))
+        with progress_bar(progress, "generate", "row", total=n_samples,
+                          unit_scale=True) as bar:
+            for start, chunk_seed in zip(starts, seeds):
+                rows = min(chunk_rows, n_samples - start)
+                block, block_labels = _draw(np.random.default_rng(chunk_seed), rows,
+                                            weights, means, covariances, covariance_type)
+                X[start:start + rows] = block
+                labels[start:start + rows] = block_labels
+                if bar is not None:
+                    bar.update(rows)
+        paths.place(temporary, out, overwrite, paths.GENERATED)
     finally:
-        if os.path.exists(temporary):
-            shutil.rmtree(temporary, ignore_errors=True)
+        if os.path.lexists(temporary):
+            paths.remove(temporary)
     return out

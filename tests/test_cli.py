@@ -69,8 +69,10 @@ def test_fit_predict_info_on_zarr(generated, version, tmp_path):
     np.testing.assert_array_equal(out["labels"][:], model.predict(X))
     np.testing.assert_allclose(out["proba"][:], model.predict_proba(X), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(out["score_samples"][:], model.score_samples(X), rtol=1e-9)
-    # chunk-aligned with the input as opened (whole storage chunks, up to 64 MiB)
-    assert out["labels"].chunks == (open_array(paths[version]).chunks[0][0],)
+    # chunked like the input's storage, not like the (larger) dask chunks it was read in
+    stored_rows = zarr.open_group(paths[version], mode="r")["X"].chunks[0]
+    assert open_array(paths[version]).chunks[0][0] > stored_rows
+    assert out["labels"].chunks == (stored_rows,) and out["proba"].chunks == (stored_rows, 3)
     info = dask_gmm("info", model_path)
     assert "GaussianMixture: 3 components, covariance_type='full', 3 features" in info.stdout
 
@@ -118,31 +120,35 @@ def test_predict_refuses_to_overwrite(generated, tmp_path):
     assert result.returncode == 1
     assert "exists; pass --overwrite" in result.stderr
     assert (target / "keep.txt").read_text() == "mine"
-    dask_gmm("predict", paths["3"], "--model", model_path, "--out", target, "--overwrite",
-             "--scheduler", "sync", "--no-progress")
-    assert not (target / "keep.txt").exists()
-    assert zarr.open_group(target, mode="r")["labels"].shape == (6000,)
+    # --overwrite replaces only an output that dask-gmm predict wrote, never a user's folder
+    refused = dask_gmm("predict", paths["3"], "--model", model_path, "--out", target,
+                       "--overwrite", "--scheduler", "sync", "--no-progress", check=False)
+    assert refused.returncode == 1 and "is not a dask-gmm predictions output" in refused.stderr
+    assert (target / "keep.txt").read_text() == "mine"
+    ours = tmp_path / "ours.zarr"
+    for _ in range(2):
+        dask_gmm("predict", paths["3"], "--model", model_path, "--out", ours, "--overwrite",
+                 "--scheduler", "sync", "--no-progress")
+    assert zarr.open_group(ours, mode="r")["labels"].shape == (6000,)
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
 
 
 def test_interrupted_predict_leaves_nothing_at_the_target(generated, tmp_path, monkeypatch):
-    import dask_gmm.cli as cli
+    import dask_gmm.paths
 
     _, paths = generated
     model_path = tmp_path / "m.npz"
     GaussianMixture(2, random_state=0).fit(
         zarr.open_group(paths["3"], mode="r")["X"][:]).save(model_path)
-    real_compute = cli.compute_with_progress
 
     def interrupted(*args, **kwargs):
-        real_compute(*args, **kwargs)  # everything written to the temporary name...
-        raise KeyboardInterrupt  # ...then the user presses Ctrl-C
+        raise KeyboardInterrupt  # everything written to the temporary name, then Ctrl-C
 
-    monkeypatch.setattr(cli, "compute_with_progress", interrupted)
+    monkeypatch.setattr(dask_gmm.paths, "place", interrupted)
     result = CliRunner().invoke(main, ["predict", str(paths["3"]), "--model", str(model_path),
                                        "--out", str(tmp_path / "labels.zarr"),
                                        "--scheduler", "threads", "--no-progress"])
-    assert result.exit_code != 0
+    assert result.exit_code == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 

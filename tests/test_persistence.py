@@ -77,9 +77,15 @@ def test_existing_file_is_not_overwritten_unless_asked(tmp_path, X):
     with pytest.raises(FileExistsError, match="overwrite"):
         model.save(path)
     assert path.read_bytes() == b"precious"
-    model.save(path, overwrite=True)
-    assert type(load(path)) is GaussianMixture
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temporary left
+    # overwrite=True replaces only a model file we wrote, never the user's file
+    with pytest.raises(OSError, match="not a dask-gmm model file; it is left alone"):
+        model.save(path, overwrite=True)
+    assert path.read_bytes() == b"precious"
+    ours = tmp_path / "ours.npz"
+    model.save(ours)
+    GaussianMixture(3, random_state=0).fit(X).save(ours, overwrite=True)
+    assert load(ours).n_components == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "ours.npz"]  # no temporary
 
 
 def test_files_that_are_not_models(tmp_path):

@@ -54,7 +54,7 @@ def test_results_make_a_dataframe_and_methods_delegate(fitted_sweep, stretched_b
     assert len(table) == 24
     assert set(table.covariance_type) == {"full", "tied", "diag", "spherical"}
     assert (table.error == "").all()
-    assert (table.fit_time > 0).all()
+    assert (table.finish_time > 0).all() and (table.n_passes >= table.n_iter).all()
     best = fitted_sweep.best_estimator_
     X = stretched_blobs
     np.testing.assert_array_equal(fitted_sweep.predict(X), best.predict(X))

@@ -1,0 +1,295 @@
+"""Per-row outputs written out of core: labels, probabilities and scores in one pass.
+
+:func:`write_predictions` computes every asked output from one read of each
+row chunk and writes it to a zarr group (a ``.zarr`` path) or an HDF5 file (a
+``.h5`` / ``.hdf5`` path), chunked like the input's storage. The output is
+written under a temporary name and moved into place at the end with
+:func:`dask_gmm.paths.place`; an error or an interruption (Ctrl-C, SIGTERM)
+first stops the computation, waits for chunk tasks already running, and then
+removes the temporary output, so nothing is left behind.
+
+zarr outputs are written by the chunk tasks themselves (in parallel, on the
+workers of a cluster); HDF5 outputs are written by the client as chunks
+arrive, since an HDF5 file takes one writer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import time
+
+import dask
+import numpy as np
+
+from . import paths
+from ._kernels import log_resp_and_norm
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("labels", "proba", "score_samples")
+ZARR_SUFFIXES = (".zarr",)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+# Longest wait for chunk tasks already running after an interruption.
+DRAIN_SECONDS = 120
+
+
+def output_format(path):
+    """``'zarr'`` or ``'hdf5'`` from the suffix of ``path``; anything else is refused."""
+    name = os.fspath(path).rstrip("/").lower()
+    if name.endswith(ZARR_SUFFIXES):
+        return "zarr"
+    if name.endswith(HDF5_SUFFIXES):
+        return "hdf5"
+    raise ValueError(
+        f"--out '{path}': the output format follows the suffix: '.zarr' for a zarr "
+        "store, '.h5' or '.hdf5' for an HDF5 file."
+    )
+
+
+def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None):
+    """Every asked output of one row chunk, from one E-step.
+
+    Parameters
+    ----------
+    block : ndarray of shape (n, D)
+    params : Params
+    names : tuple of str
+        Among ``OUTPUTS``.
+    dtype : numpy dtype
+        Of the probabilities and scores (the model's).
+
+    Returns
+    -------
+    dict of ndarray
+        ``labels`` (n,) int64, ``proba`` (n, K), ``score_samples`` (n,).
+    """
+    log_resp, log_norm = log_resp_and_norm(block, params, row_start, chunk_index)
+    values = {}
+    if "labels" in names:
+        values["labels"] = log_resp.argmax(axis=1)
+    if "proba" in names:
+        values["proba"] = np.exp(log_resp).astype(dtype, copy=False)
+    if "score_samples" in names:
+        values["score_samples"] = log_norm.astype(dtype, copy=False)
+    return values
+
+
+def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index):
+    import zarr
+
+    values = predict_chunk(block, params, names, dtype, row_start, chunk_index)
+    group = zarr.open_group(path, mode="r+")
+    stop = row_start + len(block)
+    for name, value in values.items():
+        group[name][row_start:stop] = value
+    return len(block)
+
+
+def _compute_chunk(block, params, names, dtype, row_start, chunk_index):
+    return predict_chunk(block, params, names, dtype, row_start, chunk_index)
+
+
+def _shapes(n_samples, n_components, names, dtype):
+    shapes = {"labels": ((n_samples,), np.dtype(np.int64)),
+              "proba": ((n_samples, n_components), np.dtype(dtype)),
+              "score_samples": ((n_samples,), np.dtype(dtype))}
+    return {name: shapes[name] for name in names}
+
+
+def _create_zarr(path, shapes, chunk_rows, source):
+    import zarr
+
+    group = zarr.open_group(path, mode="w-")
+    for name, (shape, dtype) in shapes.items():
+        group.create_array(name, shape=shape, dtype=dtype,
+                           chunks=(min(chunk_rows, max(shape[0], 1)),) + shape[1:],
+                           fill_value=-1 if dtype.kind == "i" else np.nan,
+                           config={"write_empty_chunks": True})
+    group.attrs.update({paths.MARKER: paths.PREDICTIONS, "dask_gmm:source": source})
+
+
+def _create_hdf5(path, shapes, chunk_rows, source):
+    import h5py
+
+    f = h5py.File(path, "w-")
+    for name, (shape, dtype) in shapes.items():
+        f.create_dataset(name, shape=shape, dtype=dtype,
+                         chunks=(min(chunk_rows, max(shape[0], 1)),) + shape[1:])
+    f.attrs[paths.MARKER] = paths.PREDICTIONS
+    f.attrs["dask_gmm:source"] = source
+    return f
+
+
+def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwrite=False,
+                      client=None, progress=None, source="dask-gmm predict"):
+    """Write ``model``'s per-row outputs for ``X`` to ``path``, whole or not at all.
+
+    Parameters
+    ----------
+    model : GaussianMixture
+        Fitted.
+    X : dask.array.Array of shape (n_samples, n_features)
+        Row-chunked, all features in one chunk.
+    path : str or path-like
+        ``*.zarr`` (a zarr group) or ``*.h5`` / ``*.hdf5`` (an HDF5 file).
+    names : tuple of str
+        Among ``'labels'``, ``'proba'``, ``'score_samples'``.
+    chunk_rows : int, optional
+        Rows per storage chunk of the outputs (default: the row chunks of ``X``).
+        Must divide every row chunk of ``X`` but the last.
+    overwrite : bool
+        Replace an existing output that dask-gmm wrote (never anything else).
+    client : distributed.Client, optional
+        Run the chunk tasks on this cluster; dask's threads otherwise.
+    progress : callable, optional
+        Called with the rows of each chunk as it is written.
+
+    Returns
+    -------
+    path
+    """
+    from .gaussian_mixture import check_X
+
+    fmt = output_format(path)
+    X, lazy = check_X(model, X, reset=False)
+    if not lazy:
+        raise TypeError("write_predictions takes a dask array (see dask_gmm.open_array).")
+    row_chunks = X.chunks[0]
+    chunk_rows = int(chunk_rows or max(row_chunks))
+    if any(c % chunk_rows for c in row_chunks[:-1]):
+        chunk_rows = max(row_chunks)
+    params = model._current_params()
+    dtype = model.means_.dtype
+    shapes = _shapes(X.shape[0], len(params.weights), names, dtype)
+    starts = np.concatenate([[0], np.cumsum(row_chunks)[:-1]]).astype(int)
+    blocks = X.to_delayed().ravel()
+    temporary = str(paths.temporary_sibling(path))
+    handle = None
+    try:
+        if fmt == "zarr":
+            _create_zarr(temporary, shapes, chunk_rows, source)
+            task = dask.delayed(_write_zarr_chunk, pure=False)
+            tasks = [task(b, params, names, dtype, temporary, int(s), i)
+                     for i, (b, s) in enumerate(zip(blocks, starts))]
+
+            def on_done(i, rows):
+                if progress is not None:
+                    progress(rows)
+        else:
+            handle = _create_hdf5(temporary, shapes, chunk_rows, source)
+            task = dask.delayed(_compute_chunk, pure=False)
+            tasks = [task(b, params, names, dtype, int(s), i)
+                     for i, (b, s) in enumerate(zip(blocks, starts))]
+
+            def on_done(i, values):
+                stop = starts[i] + row_chunks[i]
+                for name, value in values.items():
+                    handle[name][starts[i]:stop] = value
+                if progress is not None:
+                    progress(row_chunks[i])
+
+        run_chunk_tasks(tasks, on_done, client)
+        if handle is not None:
+            handle.close()
+            handle = None
+        paths.place(temporary, path, overwrite, paths.PREDICTIONS)
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        if os.path.lexists(temporary):
+            paths.remove(temporary)
+        raise
+    return path
+
+
+def run_chunk_tasks(tasks, on_done, client=None, window=None):
+    """Compute independent delayed ``tasks``, calling ``on_done(i, result)`` as each ends.
+
+    At most ``window`` tasks are in flight, so results never pile up. On any
+    error or interruption, queued tasks are cancelled and running ones are
+    waited for (up to ``DRAIN_SECONDS``) before the exception goes on: nothing
+    writes after this function returns or raises.
+    """
+    if client is not None:
+        return _run_on_client(tasks, on_done, client, window)
+    threads = 1 if dask.config.get("scheduler", None) in ("sync", "single-threaded") \
+        else (os.cpu_count() or 1)
+    window = window or 2 * threads
+    from threadpoolctl import threadpool_limits
+
+    executor = concurrent.futures.ThreadPoolExecutor(threads)
+    running = {}
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            queue = iter(enumerate(tasks))
+            for i, task in queue:
+                running[executor.submit(task.compute, scheduler="sync")] = i
+                if len(running) >= window:
+                    break
+            while running:
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    i = running.pop(future)
+                    on_done(i, future.result())
+                    following = next(queue, None)
+                    if following is not None:
+                        running[executor.submit(following[1].compute,
+                                                scheduler="sync")] = following[0]
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_on_client(tasks, on_done, client, window):
+    from distributed import as_completed
+
+    window = window or 2 * max(1, sum(client.nthreads().values()))
+    queue = iter(enumerate(tasks))
+    futures = {}
+
+    def submit(item):
+        i, task = item
+        futures[client.compute(task)] = i
+
+    try:
+        for item in queue:
+            submit(item)
+            if len(futures) >= window:
+                break
+        pending = as_completed(list(futures))
+        for future in pending:
+            i = futures.pop(future)
+            on_done(i, future.result())
+            future.release()
+            item = next(queue, None)
+            if item is not None:
+                submit(item)
+                pending.add(list(futures)[-1])
+    except BaseException:
+        keys = [f.key for f in futures]
+        client.cancel(list(futures))
+        _wait_until_not_running(client, keys)
+        raise
+
+
+def _executing_keys(dask_worker, keys):
+    state = getattr(dask_worker, "state", dask_worker)
+    return [str(ts.key) for ts in getattr(state, "executing", ()) if str(ts.key) in keys]
+
+
+def _wait_until_not_running(client, keys):
+    """After a cancel, wait until no worker still runs one of ``keys``."""
+    keys = {str(k) for k in keys}
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            busy = client.run(_executing_keys, keys=keys)
+        except Exception:  # the cluster is gone: nothing of ours runs there any more
+            return
+        if not any(busy.values()):
+            return
+        time.sleep(0.1)
+    logger.warning("chunk tasks were still running %d s after the interruption",
+                   DRAIN_SECONDS)
