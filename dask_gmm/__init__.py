@@ -3,9 +3,11 @@
 from ._engine import worker_settings
 from .gaussian_mixture import GaussianMixture, InvalidParameterError
 from .io import open_array
+from .outputs import write_predictions
 from .persistence import ModelFormatError, load
 from .sweep import GaussianMixtureSweep, plot_criterion
 
 __all__ = ["GaussianMixture", "GaussianMixtureSweep", "InvalidParameterError",
-           "ModelFormatError", "load", "open_array", "plot_criterion", "worker_settings"]
+           "ModelFormatError", "load", "open_array", "plot_criterion", "worker_settings",
+           "write_predictions"]
 __version__ = "0.1.0"

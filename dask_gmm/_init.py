@@ -29,6 +29,7 @@ from ._kernels import (
     Params,
     RandomResponsibilities,
     check_finite_rows,
+    check_rows,
     m_step,
     precision_cholesky,
 )
@@ -60,6 +61,7 @@ def draw_rows(data, indices):
     rows = yield TakeRows(indices[order])
     rows = np.asarray(rows, dtype=np.float64)
     check_finite_rows(rows, row_numbers=indices[order])
+    check_rows(rows)
     out = np.empty_like(rows)
     out[order] = rows
     return out
@@ -71,6 +73,7 @@ def _sample(data, random_state):
         rows = yield TakeRows(np.arange(n_samples))
         rows = np.asarray(rows, dtype=np.float64)
         check_finite_rows(rows)
+        check_rows(rows)
         return rows, True
     indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
     rows = yield from draw_rows(data, np.sort(indices))

@@ -80,6 +80,26 @@ def check_finite_rows(X, block_start=0, where="", row_numbers=None):
         )
 
 
+# |x| beyond this overflows float64 in the second moments (x**2 summed over rows).
+LARGEST_MAGNITUDE = 1e100
+
+
+def check_rows(rows, block_start=0, where=""):
+    """Raise a clear error for rows that are not finite or too large to square safely."""
+    low, high = float(rows.min(initial=0.0)), float(rows.max(initial=0.0))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        check_finite_rows(rows, block_start, where)
+    largest = max(-low, high)
+    if largest > LARGEST_MAGNITUDE:
+        position = int(np.flatnonzero((np.abs(rows) > LARGEST_MAGNITUDE).any(axis=1))[0])
+        scale = 10.0 ** math.ceil(math.log10(largest / 1e3))
+        raise NonFiniteInputError(
+            f"Input X holds values up to {largest:.3g}{where} (row {block_start + position}): "
+            f"beyond {LARGEST_MAGNITUDE:g} their squares overflow float64. Scale the data "
+            f"first, e.g. X / {scale:g}."
+        )
+
+
 def _where(chunk_index):
     return "" if chunk_index is None else f" in chunk {chunk_index}"
 
@@ -693,8 +713,7 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
     partials = [[] for _ in requests]
     rows_per_block = block_rows(max(r.row_width() for r in requests))
     for start, rows, w in _row_blocks(X, sample_weight, rows_per_block):
-        if not np.isfinite(rows).all():
-            check_finite_rows(rows, row_start + start, _where(chunk_index))
+        check_rows(rows, row_start + start, _where(chunk_index))
         block = RowBlock(rows, shift, w, start)
         for request, st, context, partial in zip(requests, stats, contexts, partials):
             contribution = request.accumulate(block, st, context)
@@ -874,8 +893,7 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None):
     log_resp = np.empty((n, len(params.weights)))
     log_norm = np.empty(n)
     for start, rows, _ in _row_blocks(X, None, block_rows(_row_width(params))):
-        if not np.isfinite(rows).all():
-            check_finite_rows(rows, row_start + start, _where(chunk_index))
+        check_rows(rows, row_start + start, _where(chunk_index))
         block = RowBlock(rows, shift, None, start)
         with np.errstate(invalid="ignore", over="ignore"):
             wlp = weighted_log_prob(block, params, shift)

@@ -18,6 +18,8 @@ from sklearn.utils.validation import check_array, validate_data
 # Target size of one row chunk when we chunk an array ourselves.
 TARGET_CHUNK_BYTES = 64 * 2**20
 MIN_CHUNK_ROWS = 4096
+# Mean sample weights within 2**-10 .. 2**10 are used as given.
+WEIGHT_EXPONENT_RANGE = 10
 
 
 def _is_lazy_store(X):
@@ -128,6 +130,30 @@ def check_dask_array(X, estimator_name, ensure_min_samples=1):
     return X
 
 
+def unwrap_xarray(X):
+    """A 2-D ``xarray.DataArray`` as its ``.data`` (numpy stays numpy, dask stays dask).
+
+    Other xarray objects are refused with what to do instead, until xarray input
+    is supported in full (dims, coordinates and masks).
+    """
+    module = type(X).__module__.split(".")[0]
+    if module != "xarray":
+        return X
+    kind = type(X).__name__
+    if kind != "DataArray":
+        raise TypeError(
+            f"xarray.{kind} input is not supported yet: pass one 2-D DataArray of shape "
+            "(samples, features), e.g. ds.to_dataarray('feature').T."
+        )
+    if X.ndim != 2:
+        raise ValueError(
+            f"The DataArray has dims {tuple(X.dims)}; dask-gmm takes 2-D (samples, "
+            "features) data for now. Stack the sample dims, e.g. "
+            "X.stack(sample=[...sample dims...]).transpose('sample', FEATURE_DIM)."
+        )
+    return X.data
+
+
 def check_X(estimator, X, reset, ensure_min_samples=1):
     """Validate ``X`` for fit (``reset=True``) or for prediction.
 
@@ -141,6 +167,7 @@ def check_X(estimator, X, reset, ensure_min_samples=1):
     lazy : bool
         True when ``X`` is a dask array.
     """
+    X = unwrap_xarray(X)
     if _is_lazy_store(X):
         from .io import open_array  # io builds on this module
 
@@ -170,6 +197,9 @@ def check_X(estimator, X, reset, ensure_min_samples=1):
 
 def check_sample_weight(sample_weight, X, lazy):
     """Validate per-row weights: 1-D, one per row, finite and non-negative.
+
+    Weights whose mean is below 2**-10 or above 2**10 come back scaled by a power
+    of two to a mean near 1 (the fit does not depend on their scale).
 
     Returns
     -------
@@ -211,6 +241,17 @@ def check_sample_weight(sample_weight, X, lazy):
         raise ValueError("Negative values in data passed to sample_weight.")
     if total <= 0:
         raise ValueError("Sample weights must contain at least one non-zero number.")
+    if not np.isfinite(total):
+        raise ValueError("sample_weight sums to infinity; scale the weights down.")
+    # Scaling every weight by the same factor must not change the fit, but the
+    # M-step adds 10 * eps to each component's mass as scikit-learn does: weights
+    # far from 1 (1e-20, 1e20) would let that term move the means. Rescale such
+    # weights by a power of two (exact in floating point) to a mean near 1; weights
+    # of ordinary size (integer copies among them) are left as they are.
+    mean_exponent = math.log2(float(total) / n_samples)
+    exponent = -round(mean_exponent) if abs(mean_exponent) > WEIGHT_EXPONENT_RANGE else 0
+    if exponent:
+        sample_weight = sample_weight * np.float64(2.0) ** exponent
     if lazy and not is_dask_collection(sample_weight):
         sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
     return sample_weight

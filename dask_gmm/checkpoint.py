@@ -3,10 +3,13 @@
 A checkpoint file is an ``.npz`` of plain arrays plus a JSON header (no pickle,
 like model files) holding:
 
-- ``fingerprint``: the estimator's parameters (all but ``verbose`` and
-  ``verbose_interval``, ``max_iter`` and ``tol``, so a fit may be continued with
-  more iterations) and the data's shape, dtype and a digest of its first and
-  last rows. A checkpoint whose fingerprint differs is refused.
+- ``fingerprint``: the estimator's parameters (all but ``verbose``,
+  ``verbose_interval`` and ``max_iter``, so a fit may be continued with more
+  iterations; fewer iterations than the checkpoint already ran are refused) and
+  the data's shape, dtype and a digest of its first and last rows. A checkpoint
+  whose fingerprint differs is refused. Before a finished checkpoint's result is
+  returned, one pass compares the data's sums with the checkpoint's, so other
+  data with the same edges are refused too.
 - where the fit stands: the initialisation under way, its EM iteration, lower
   bounds, whether it has finished, the best finished initialisation so far,
   the random generator's state after the initialisation was drawn, and
@@ -30,7 +33,7 @@ from .persistence import write_npz_atomically
 
 FORMAT = "dask-gmm-checkpoint"
 FORMAT_VERSION = 1
-IGNORED_PARAMS = ("verbose", "verbose_interval", "max_iter", "tol", "warm_start")
+IGNORED_PARAMS = ("verbose", "verbose_interval", "max_iter", "warm_start")
 PARAM_ARRAYS = ("weights", "means", "prec_chol", "covariances")
 
 
@@ -141,15 +144,36 @@ def load_state(path, fingerprint, covariance_type):
     """
     if not os.path.exists(path):
         return None
+    not_ours = ValueError(f"'{path}' is not a dask-gmm checkpoint file.")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            entries = {name: archive[name] for name in archive.files}
-        header = json.loads(str(entries.pop("__header__")))
-        assert header.get("format") == FORMAT
+            if "__header__" not in archive.files:
+                raise not_ours
+            header = json.loads(str(archive["__header__"]))
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise not_ours
+            entries = {name: archive[name] for name in archive.files
+                       if name != "__header__" and name.split(":")[-1] in ENTRY_NAMES}
     except Exception:
-        raise ValueError(f"'{path}' is not a dask-gmm checkpoint file.") from None
-    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise not_ours from None
+    version = header.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"Checkpoint '{path}' is damaged: format_version is {version!r}.")
+    if version > FORMAT_VERSION:
         raise ValueError(f"Checkpoint '{path}' was written by a newer dask-gmm.")
+    try:
+        return _state_from(path, header, entries, fingerprint, covariance_type)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        if isinstance(error, CheckpointMismatchError):
+            raise
+        raise ValueError(f"Checkpoint '{path}' is damaged ({type(error).__name__}: "
+                         f"{error}). Delete it to start afresh.") from None
+
+
+ENTRY_NAMES = PARAM_ARRAYS + ("rng_keys", "data_sum")
+
+
+def _state_from(path, header, entries, fingerprint, covariance_type):
     saved = header["fingerprint"]
     for part in ("estimator", "data"):
         if saved.get(part) != fingerprint.get(part):
@@ -173,10 +197,20 @@ def load_state(path, fingerprint, covariance_type):
     data_sums = None
     if "data_sum" in entries:
         data_sums = (entries["data_sum"], header["data_weight"])
-    return FitState(header["init"], header["n_iter"], header["lower_bound"],
-                    header["lower_bounds"], header["finished"],
-                    _params_from_arrays(entries, "params:", covariance_type), rng_state,
-                    best, data_sums, header["converged"])
+    state = FitState(header["init"], header["n_iter"], header["lower_bound"],
+                     header["lower_bounds"], header["finished"],
+                     _params_from_arrays(entries, "params:", covariance_type), rng_state,
+                     best, data_sums, header["converged"])
+    for name, params in (("params", state.params),
+                         ("best", best[0] if best is not None else None)):
+        if params is None:
+            continue
+        values = [params.weights, params.means, params.prec_chol]
+        if not all(np.all(np.isfinite(v)) for v in values):
+            raise ValueError(f"its {name} hold values that are not finite")
+    if state.params is None:
+        raise ValueError("it holds no parameters")
+    return state
 
 
 def check_data_sums(path, saved, stats):

@@ -528,9 +528,9 @@ def write_results_csv(results, path, overwrite=False):
             for i in range(len(results["bic"])):
                 writer.writerow([results[c][i] for c in RESULT_COLUMNS])
         paths.place(temporary, path, overwrite, paths.TABLE)
-    finally:
-        if os.path.lexists(temporary):
-            paths.remove(temporary)
+    except BaseException as error:
+        paths.discard_unless_kept(temporary, error)
+        raise
 
 
 def write_plot(results, path, criterion, overwrite=False):
@@ -541,9 +541,9 @@ def write_plot(results, path, criterion, overwrite=False):
     try:
         plot_criterion(results, temporary, criterion)
         paths.place(temporary, path, overwrite, paths.PLOT)
-    finally:
-        if os.path.lexists(temporary):
-            paths.remove(temporary)
+    except BaseException as error:
+        paths.discard_unless_kept(temporary, error)
+        raise
 
 
 @main.command()
@@ -568,8 +568,8 @@ def predict(settings, data, model_path, out, proba, score_samples, dataset, over
     from .outputs import output_format
     from .persistence import load
 
-    output_format(out)
     paths.check_output(out, overwrite, paths.PREDICTIONS, inputs=[data, model_path])
+    output_format(out)
     model = load(model_path)
     X = open_data(data, dataset, settings)
     names = ("labels",) + ("proba",) * proba + ("score_samples",) * score_samples

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _kernels as K
 from ._engine import ChunkedRows, TakeRows, run_together
 from .checkpoint import (
+    CheckpointMismatchError,
     FitState,
     check_data_sums,
     data_fingerprint,
@@ -383,6 +384,12 @@ import dask.array as da
         eps = float(np.finfo(dtype).eps)
         float32_input = dtype == np.float32
         do_init = not (self.warm_start and hasattr(self, "converged_"))
+        if not do_init and self.means_.shape[1] != n_features:
+            raise ValueError(
+                f"warm_start=True continues the previous fit, which had "
+                f"{self.means_.shape[1]} features, but X has {n_features}. Set "
+                "warm_start=False to start afresh on these data."
+            )
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
 
@@ -390,6 +397,17 @@ import dask.array as da
         if checkpoint is not None:
             fingerprint = yield from self._fingerprint(data, dtype)
             saved = load_state(checkpoint, fingerprint, self.covariance_type)
+            if saved is not None and saved.n_iter > self.max_iter:
+                raise CheckpointMismatchError(
+                    f"Checkpoint '{checkpoint}' already ran {saved.n_iter} EM iterations, "
+                    f"more than max_iter={self.max_iter}. Use another checkpoint path, or "
+                    "delete this one to start afresh."
+                )
+            if saved is not None and (saved.converged or saved.n_iter >= self.max_iter):
+                # a finished fit returns without a pass of its own: check the data first
+                stats = yield K.EStep(saved.params)
+                check_data_sums(checkpoint, saved.data_sums, stats)
+                saved.data_sums = None
         best, first_init = None, 0
         if saved is not None:
             random_state = np.random.RandomState()  # never overwrite a shared generator

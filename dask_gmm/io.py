@@ -86,6 +86,10 @@ class NpyArray(_LazyFile):
     """A ``.npy`` file, memory-mapped on demand."""
 
     def __init__(self, path):
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ValueError(f"'{path}' is not a .npy file (it does not start with the "
+                                 ".npy signature).")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as error:
@@ -172,14 +176,27 @@ class ZarrRows:
             start = rows.start or 0 if isinstance(rows, slice) else 0
             stop = rows.stop if isinstance(rows, slice) and rows.stop is not None \
                 else self.shape[0]
-            first, last = start // self.chunks[0], max(start, stop - 1) // self.chunks[0]
-            which = f"chunk {first}" if first == last else f"chunks {first}-{last}"
-            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UnreadableDataError(
-                f"Could not read {which} (rows {start}-{stop - 1}) of zarr array "
-                f"'{self.source}': {detail}. The stored chunk is damaged; restore or "
-                "rewrite it."
-            ) from None
+            raise self._name_damaged_chunk(start, stop, error) from None
+
+    def _name_damaged_chunk(self, start, stop, error):
+        """The error naming the first storage chunk in rows [start, stop) that fails."""
+        rows = self.chunks[0]
+        for index in range(start // rows, -(-stop // rows)):
+            low, high = index * rows, min((index + 1) * rows, self.shape[0])
+            try:
+                self.array[low:high]
+            except Exception as chunk_error:  # noqa: BLE001 - any decoding failure
+                error, start, stop = chunk_error, low, high
+                which = f"chunk {index}"
+                break
+        else:
+            which = f"chunks {start // rows}-{(stop - 1) // rows}"
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return UnreadableDataError(
+            f"Could not read {which} (rows {start}-{stop - 1}) of zarr array "
+            f"'{self.source}': {detail}. The stored chunk is damaged; restore or "
+            "rewrite it."
+        )
 
 
 def _check_stored_chunks(array, source, storage_options):

@@ -150,7 +150,7 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     -------
     path
     """
-    from .gaussian_mixture import check_X
+    from ._validation import check_X
 
     fmt = output_format(path)
     X, lazy = check_X(model, X, reset=False)
@@ -195,11 +195,10 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
             handle.close()
             handle = None
         paths.place(temporary, path, overwrite, paths.PREDICTIONS)
-    except BaseException:
+    except BaseException as error:
         if handle is not None:
             handle.close()
-        if os.path.lexists(temporary):
-            paths.remove(temporary)
+        paths.discard_unless_kept(temporary, error)
         raise
     return path
 

@@ -42,7 +42,19 @@ TABLE_FIRST_COLUMN = "n_components"
 
 
 class OutputError(OSError):
-    """An output path that may not be written, or could not be put in place."""
+    """An output path that may not be written, or could not be put in place.
+
+    ``kept`` is the temporary path holding the finished output when the final
+    rename failed (the caller must not delete it), else None.
+    """
+
+    kept = None
+
+
+def _kept(message, temporary):
+    error = OutputError(message)
+    error.kept = temporary
+    return error
 
 
 def is_url(path):
@@ -176,6 +188,9 @@ def check_output(path, overwrite, kind, inputs=(), option="--out"):
                 "even with --overwrite. Remove it yourself or choose another path."
             )
     folder = _existing_ancestor(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(folder):
+        raise OutputError(f"Cannot write {option} '{path}': '{folder}' is a file, not a "
+                          "folder.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(
             f"Cannot write {option} '{path}': folder '{folder}' is not writable."
@@ -183,7 +198,7 @@ def check_output(path, overwrite, kind, inputs=(), option="--out"):
 
 
 def _existing_ancestor(folder):
-    while not os.path.isdir(folder):
+    while not os.path.exists(folder):
         parent = os.path.dirname(folder)
         if parent == folder:
             break
@@ -195,6 +210,12 @@ def temporary_sibling(path):
     """A fresh hidden name next to ``path``, for writing before renaming into place."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def discard_unless_kept(temporary, error):
+    """Remove ``temporary`` after ``error``, unless the error says it holds the output."""
+    if getattr(error, "kept", None) != os.fspath(temporary) and os.path.lexists(temporary):
+        remove(temporary)
 
 
 def remove(path):
@@ -259,25 +280,25 @@ def place(temporary, path, overwrite, kind):
     old = None
     if overwrite and os.path.lexists(path):
         if not written_by_us(path, kind):
-            raise OutputError(f"'{path}' is not a dask-gmm {kind} output and was left "
-                              f"alone; {kept}.")
+            raise _kept(f"'{path}' is not a dask-gmm {kind} output and was left alone; "
+                    f"{kept}.", temporary)
         old = str(temporary_sibling(path)).replace(".tmp-", ".old-")
         os.rename(path, old)
         if not written_by_us(old, kind):  # replaced between the check and the rename
             rename_no_replace(old, path)
-            raise OutputError(f"'{path}' changed while it was being replaced and was left "
-                              f"alone; {kept}.")
+            raise _kept(f"'{path}' changed while it was being replaced and was left "
+                        f"alone; {kept}.", temporary)
     try:
         rename_no_replace(temporary, path)
     except FileExistsError:
         if old is not None:
             remove(old)
-        raise OutputError(f"'{path}' was created by someone else while this run was "
-                          f"writing; it was left alone and {kept}.") from None
+        raise _kept(f"'{path}' was created by someone else while this run was writing; "
+                    f"it was left alone and {kept}.", temporary) from None
     except OSError as error:
         if old is not None:
             rename_no_replace(old, path)
-        raise OutputError(f"Could not move the output to '{path}' ({error}); {kept}.") \
-            from None
+        raise _kept(f"Could not move the output to '{path}' ({error}); {kept}.",
+                    temporary) from None
     if old is not None:
         remove(old)

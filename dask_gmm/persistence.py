@@ -155,9 +155,9 @@ def save_model(model, path, overwrite=False):
         with open(temporary, "wb") as f:
             np.savez(f, **arrays)
         paths.place(temporary, path, overwrite, paths.MODEL)
-    finally:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
+    except BaseException as error:
+        paths.discard_unless_kept(temporary, error)
+        raise
     return path
 
 

@@ -106,7 +106,7 @@ def write_mixture(out, n_samples, n_features, n_components, covariance_type="ful
                 if bar is not None:
                     bar.update(rows)
         paths.place(temporary, out, overwrite, paths.GENERATED)
-    finally:
-        if os.path.lexists(temporary):
-            paths.remove(temporary)
+    except BaseException as error:
+        paths.discard_unless_kept(temporary, error)
+        raise
     return out
