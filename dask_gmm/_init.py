@@ -81,12 +81,21 @@ def _sample(data, random_state):
 
 
 def _seed_params(means, covariance_type, reg_covar, eps):
-    """Parameters of one row per component: the k-means++ and random_from_data start."""
+    """Parameters of one row per component: the k-means++ and random_from_data start.
+
+    As in scikit-learn, each component holds one row of mass ``1 + 10 * eps``,
+    so its variance is ``reg_covar`` plus a rounding-sized term. That term is
+    taken about the seeds' own centre rather than the origin: about the origin
+    it grows with the data's distance from it (for float32 data offset by 1e6 it
+    was about 1e6, and EM started from variances as wide as the offset).
+    """
     n_components, n_features = means.shape
     mass = 1.0 + 10 * eps
-    local = means / mass
+    centre = means.mean(axis=0)
+    centred = means - centre
+    local = centre + centred / mass
     variances = np.full((n_components, n_features), reg_covar) + (
-        means**2 / mass - local**2
+        centred**2 / mass - (centred / mass) ** 2
     )
     if covariance_type == "full":
         cov = np.zeros((n_components, n_features, n_features))

@@ -301,7 +301,8 @@ def parse_k(text):
             values = [int(v) for v in text.split(",")]
     except ValueError:
         raise click.BadParameter(f"'{text}': use K, K1:K2 or K1,K2,...") from None
-    if len(values) == 0 or min(values) < 1:
+    smallest = values.start if isinstance(values, range) else min(values, default=0)
+    if len(values) == 0 or smallest < 1:
         raise click.BadParameter(f"'{text}': the numbers of components must be >= 1")
     return values
 
@@ -480,7 +481,7 @@ def check_checkpoint(checkpoint, data, outputs):
 def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, max_iter,
           tol, reg_covar, seed, dataset, plot, results, out, overwrite, checkpoint):
     """Fit every K x covariance type candidate on DATA together; report the best."""
-    from .sweep import GaussianMixtureSweep, plot_criterion
+    from .sweep import GaussianMixtureSweep
 
     ks, types = parse_k(ks), parse_covariance_types(covariance_types)
     check_checkpoint(checkpoint, data, [plot, results, out])

@@ -98,7 +98,7 @@ class NpyArray(_LazyFile):
                 raise UnreadableDataError(
                     f"'{path}' is a truncated .npy file: it holds fewer bytes than its "
                     "header announces.") from None
-            if "pickle" in text or "Object arrays" in text:
+            if "pickle" in text or "Object arrays" in text or "Python objects" in text:
                 raise ValueError(f"'{path}' holds Python objects, not numbers; dask-gmm "
                                  "never unpickles data.") from None
             raise ValueError(f"'{path}' is not a .npy file ({text.splitlines()[0]})") \

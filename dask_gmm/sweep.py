@@ -136,7 +136,10 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         types = self.covariance_type
         n_types = 1 if isinstance(types, str) else len(types)
         n_candidates = len(ks) * n_types
-        largest = max(ks) if len(ks) else 0
+        if isinstance(ks, range):  # max() would walk a range of a billion
+            largest = ks[-1] if len(ks) else 0
+        else:
+            largest = max(ks) if len(ks) else 0
         beyond = (f" (and n_components goes up to {largest:,} while the data have "
                   f"{n_samples:,} rows)" if isinstance(largest, Integral)
                   and largest > n_samples else "")

@@ -212,3 +212,60 @@ def test_fit_and_sweep_checkpoints_resume(generated, tmp_path):
     dask_gmm("sweep", paths["3"], "-k", "1:2", "--covariance-type", "diag", "--seed", 0,
              "--checkpoint", tmp_path / "sweep-ckpt", "--scheduler", "sync", "--no-progress")
     assert sorted(os.listdir(tmp_path / "sweep-ckpt")) == ["diag-1.npz", "diag-2.npz"]
+
+
+def test_every_subcommand_fails_with_one_line_and_a_traceback_only_with_v(generated,
+                                                                           tmp_path):
+    _, paths = generated
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.zarr").mkdir()  # a user's folder where the demo would write
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    failing = {
+        "generate": ["generate", tmp_path / "mine", "--n-samples", 10, "--n-features", 2,
+                     "--n-components", 1, "--overwrite"],
+        "fit": ["fit", tmp_path / "missing.zarr", "-k", 2, "--out", tmp_path / "m.npz"],
+        "sweep": ["sweep", paths["3"], "-k", "1:100000", "--scheduler", "threads"],
+        "predict": ["predict", paths["3"], "--model", tmp_path / "junk.npz", "--out",
+                    tmp_path / "l.zarr", "--scheduler", "threads"],
+        "info": ["info", tmp_path / "junk.npz"],
+        "demo": ["demo", "--out-dir", tmp_path / "mine", "--scheduler", "threads"],
+    }
+    for name, args in failing.items():
+        result = dask_gmm(*args, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, (name, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("Error: "), (name, result.stderr)
+        verbose = dask_gmm(*args, "-v", check=False)
+        assert verbose.returncode == 1 and "Traceback" in verbose.stderr, name
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["data.zarr"]
+
+
+def test_options_a_subcommand_ignores_are_not_offered():
+    for name in ("info", "generate"):
+        result = dask_gmm(name, "--help")
+        assert "--scheduler" not in result.stdout and "--n-workers" not in result.stdout
+    assert "--progress" not in dask_gmm("info", "--help").stdout
+    help_text = " ".join(dask_gmm("fit", "--help").stdout.split())
+    for value in ("'local'", "'threads'", "'sync'", "tcp://host:8786"):
+        assert value in help_text
+    assert "--seed" in help_text and "same seed" in help_text
+    assert dask_gmm("fit", "x.zarr", "-k", 2, "--out", "m.npz", "--scheduler", "thread",
+                    check=False).returncode == 2
+
+
+def test_predict_output_format_follows_the_suffix(generated, tmp_path):
+    _, paths = generated
+    model_path = tmp_path / "m.npz"
+    dask_gmm("fit", paths["3"], "-k", 2, "--seed", 0, "--out", model_path, "--scheduler",
+             "threads", "--no-progress")
+    refused = dask_gmm("predict", paths["3"], "--model", model_path, "--out",
+                       tmp_path / "labels.txt", "--scheduler", "threads", check=False)
+    assert refused.returncode == 1 and "'.zarr'" in refused.stderr
+    dask_gmm("predict", paths["3"], "--model", model_path, "--out", tmp_path / "s.h5",
+             "--score-samples", "--scheduler", "threads", "--no-progress")
+    assert (tmp_path / "s.h5").is_file()
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        X = zarr.open_group(paths["3"], mode="r")["X"][:]
+        np.testing.assert_array_equal(f["labels"][:], load(model_path).predict(X))
+        assert f["labels"].chunks == (1000,) and "score_samples" in f
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "s.h5"]

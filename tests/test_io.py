@@ -115,3 +115,27 @@ def test_opened_hdf5_fits_on_a_process_cluster(tmp_path, X):
         fitted = GaussianMixture(3, random_state=0, init_params="random_from_data").fit(
             open_array(path, dataset="data", chunks=500))
     np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-8)
+
+
+def test_xarray_dataarray_is_taken_as_its_data_until_full_support(X, tmp_path):
+    """A dask-backed DataArray raised a TypeError from inside; numpy-backed gave dask output."""
+    import dask.array as da
+    import xarray as xr
+
+    reference = GaussianMixture(3, random_state=0).fit(X)
+    as_numpy = xr.DataArray(X, dims=("sample", "band"))
+    fitted = GaussianMixture(3, random_state=0).fit(as_numpy)
+    np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-10)
+    assert isinstance(fitted.predict(as_numpy), np.ndarray)
+    xr.Dataset({"x": as_numpy}).to_zarr(tmp_path / "x.zarr")
+    as_dask = xr.open_zarr(tmp_path / "x.zarr")["x"].chunk({"sample": 250})
+    fitted = GaussianMixture(3, random_state=0).fit(as_dask)
+    np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-8)
+    labels = fitted.predict(as_dask)
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), reference.predict(X))
+    cube = xr.DataArray(X.reshape(10, -1, 3), dims=("y", "x", "band"))
+    with pytest.raises(ValueError, match=r"dims \('y', 'x', 'band'\).*stack"):
+        GaussianMixture(3).fit(cube)
+    with pytest.raises(TypeError, match="xarray.Dataset input is not supported yet"):
+        GaussianMixture(3).fit(xr.Dataset({"x": as_numpy}))

@@ -74,6 +74,7 @@ def test_demo_in_a_terminal_draws_progress_and_succeeds(tmp_path, scheduler):
                                "--scheduler", scheduler)
     assert code == 0, screen
     assert "Traceback" not in screen and "Error" not in screen
+    assert " 1 workers" not in screen and " 1 threads" not in screen
     ari = float(screen.split("against the truth:")[1].split()[0])
     assert ari > 0.95
     assert any("100%" in line for line in bar_lines(screen, "generate"))
