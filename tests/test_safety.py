@@ -158,11 +158,13 @@ def test_sigterm_during_predict_stops_and_leaves_nothing(tmp_path):
     X = rng.normal(size=(2000, 8))
     GaussianMixture(40, random_state=0, max_iter=2).fit(X).save(tmp_path / "m.npz")
     base = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "dask_gmm"]
-    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+    for scheduler, signum, code in (("threads", signal.SIGTERM, 143),
+                                    ("threads", signal.SIGINT, 130),
+                                    ("local", signal.SIGTERM, 143)):
         process = subprocess.Popen(
             base + ["predict", str(data), "--model", str(tmp_path / "m.npz"), "--out",
-                    str(tmp_path / "labels.zarr"), "--proba", "--scheduler", "threads",
-                    "--no-progress"],
+                    str(tmp_path / "labels.zarr"), "--proba", "--scheduler", scheduler,
+                    "--chunk-rows", "2000", "--no-progress"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True)
         try:
@@ -170,7 +172,7 @@ def test_sigterm_during_predict_stops_and_leaves_nothing(tmp_path):
             while time.monotonic() < deadline and not any(
                     ".labels.zarr.tmp-" in p.name for p in tmp_path.iterdir()):
                 time.sleep(0.05)
-            time.sleep(0.5)  # chunk tasks are running and writing
+            time.sleep(1.0)  # chunk tasks are running and writing
             process.send_signal(signum)
             _, stderr = process.communicate(timeout=120)
         finally:
