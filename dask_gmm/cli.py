@@ -240,14 +240,17 @@ def scheduler_context(settings, X=None):
     import dask
 
     choice = settings.scheduler
+    if settings.dashboard and choice != "local":
+        raise click.UsageError("--dashboard serves the local cluster's dashboard: use it "
+                               "with --scheduler local (a scheduler at an address serves "
+                               "its own; -v prints its link).")
     if choice in LOCAL_SCHEDULERS:
         with dask.config.set(scheduler=choice):
             yield None
         return
     from distributed import Client, LocalCluster
 
-    _quiet_distributed(logger.getEffectiveLevel() <= logging.INFO
-                       and (2 if logger.getEffectiveLevel() <= logging.DEBUG else 1))
+    _quiet_distributed(settings.verbose)
     if choice == "local":
         cores = os.cpu_count() or 1
         n_workers = settings.n_workers or max(1, cores // 2)

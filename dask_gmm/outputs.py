@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import os
 import time
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("labels", "proba", "score_samples")
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
+# Smallest output chunk made from a ragged input chunking before it is rechunked.
+MIN_OUTPUT_CHUNK_ROWS = 1024
 # Longest wait for chunk tasks already running after an interruption.
 DRAIN_SECONDS = 120
 
@@ -156,10 +159,8 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     X, lazy = check_X(model, X, reset=False)
     if not lazy:
         raise TypeError("write_predictions takes a dask array (see dask_gmm.open_array).")
+    X, chunk_rows = _aligned(X, chunk_rows)
     row_chunks = X.chunks[0]
-    chunk_rows = int(chunk_rows or max(row_chunks))
-    if any(c % chunk_rows for c in row_chunks[:-1]):
-        chunk_rows = max(row_chunks)
     params = model._current_params()
     dtype = model.means_.dtype
     shapes = _shapes(X.shape[0], len(params.weights), names, dtype)
@@ -201,6 +202,25 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
         paths.discard_unless_kept(temporary, error)
         raise
     return path
+
+
+def _aligned(X, chunk_rows):
+    """Rows per output chunk that every task writes whole, and ``X`` chunked to match.
+
+    zarr chunk tasks write in parallel: two tasks sharing one output chunk would
+    overwrite each other's rows, so every row chunk of ``X`` (but the last) must
+    be a multiple of the output chunk. Ragged chunkings use their common divisor,
+    or are rechunked when that divisor is too small to be a useful chunk.
+    """
+    row_chunks = X.chunks[0]
+    rows = int(chunk_rows or max(row_chunks))
+    if not any(c % rows for c in row_chunks[:-1]):
+        return X, rows
+    rows = math.gcd(*row_chunks[:-1])
+    if rows >= MIN_OUTPUT_CHUNK_ROWS:
+        return X, rows
+    rows = max(row_chunks)
+    return X.rechunk({0: rows}), rows
 
 
 def run_chunk_tasks(tasks, on_done, client=None, window=None):

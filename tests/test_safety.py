@@ -241,15 +241,15 @@ def test_files_that_are_not_what_they_are_named(tmp_path):
 # ------------------------------------------------------------ model files
 
 
-def _rewrite(path, out, header=None, arrays=None, extra=None):
+def _rewrite(path, out, header=None, arrays=None, extra=None, header_entry="__metadata__"):
+    """Copy an npz model or checkpoint, editing its JSON header and arrays on the way."""
     with np.load(path, allow_pickle=False) as archive:
         entries = {name: archive[name] for name in archive.files}
-    metadata = json.loads(str(entries["__metadata__"]))
+    document = json.loads(str(entries[header_entry]))
     if header is not None:
-        header(metadata)
-    entries["__metadata__"] = np.array(json.dumps(metadata))
-    for name, value in (arrays or {}).items():
-        entries[name] = value
+        header(document)
+    entries[header_entry] = np.array(json.dumps(document))
+    entries.update(arrays or {})
     with open(out, "wb") as f:
         np.savez(f, **entries)
     if extra is not None:
@@ -339,27 +339,15 @@ def test_checkpoint_with_other_tol_or_fewer_iterations_is_refused(tmp_path):
             X, checkpoint=tmp_path / "c.npz")
 
 
-def _rewrite_checkpoint(path, out, header=None, arrays=None):
-    with np.load(path, allow_pickle=False) as archive:
-        entries = {name: archive[name] for name in archive.files}
-    document = json.loads(str(entries["__header__"]))
-    if header is not None:
-        header(document)
-    entries["__header__"] = np.array(json.dumps(document))
-    entries.update(arrays or {})
-    with open(out, "wb") as f:
-        np.savez(f, **entries)
-
-
 def test_damaged_checkpoints_are_refused_clearly(tmp_path):
     X, _ = blobs(800)
     GaussianMixture(2, random_state=0).fit(X, checkpoint=tmp_path / "c.npz")
-    _rewrite_checkpoint(tmp_path / "c.npz", tmp_path / "nan.npz",
-                        arrays={"params:means": np.full((2, 3), np.nan)})
+    _rewrite(tmp_path / "c.npz", tmp_path / "nan.npz", header_entry="__header__",
+             arrays={"params:means": np.full((2, 3), np.nan)})
     with pytest.raises(ValueError, match="damaged .*not finite"):
         GaussianMixture(2, random_state=0).fit(X, checkpoint=tmp_path / "nan.npz")
-    _rewrite_checkpoint(tmp_path / "c.npz", tmp_path / "key.npz",
-                        header=lambda h: h.pop("n_iter"))
+    _rewrite(tmp_path / "c.npz", tmp_path / "key.npz", header_entry="__header__",
+             header=lambda h: h.pop("n_iter"))
     with pytest.raises(ValueError, match="damaged .*n_iter"):
         GaussianMixture(2, random_state=0).fit(X, checkpoint=tmp_path / "key.npz")
 
@@ -517,3 +505,27 @@ def test_a_scheduler_killed_mid_fit_is_one_line(workspace, tmp_path):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         log.close()
+
+
+@pytest.mark.parametrize("chunks", [(300, 500, 200, 1000, 2000), (2000, 1000, 1000), (4000,)])
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_write_predictions_with_any_row_chunking(workspace, tmp_path, chunks, suffix):
+    """Parallel chunk writes never share an output chunk, however ragged the input."""
+    import dask.array as da
+
+    X = zarr.open_group(workspace / "data.zarr", mode="r")["X"][:]
+    model = load(workspace / "model.npz")
+    out = tmp_path / f"out{suffix}"
+    dask_gmm.write_predictions(model, da.from_array(X, chunks=(chunks, 3)), out,
+                               ("labels", "proba", "score_samples"), chunk_rows=1000)
+    if suffix == ".zarr":
+        stored = zarr.open_group(out, mode="r")
+        values = {name: stored[name][:] for name in ("labels", "proba", "score_samples")}
+    else:
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            values = {name: f[name][:] for name in ("labels", "proba", "score_samples")}
+    np.testing.assert_array_equal(values["labels"], model.predict(X))
+    np.testing.assert_allclose(values["proba"], model.predict_proba(X), rtol=1e-12)
+    np.testing.assert_allclose(values["score_samples"], model.score_samples(X), rtol=1e-12)
