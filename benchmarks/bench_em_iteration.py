@@ -88,11 +88,11 @@ def run(n_samples, n_features, n_components, covariance_types, repeats, sklearn_
     for covariance_type in covariance_types:
         inits = starting_point(X, means, covariance_type)
 
-        def sklearn_model(n_iter):
+        def sklearn_model(n_iter, covariance_type=covariance_type, inits=inits):
             return SklearnGaussianMixture(n_components, covariance_type=covariance_type,
                                           max_iter=n_iter, tol=0, **inits)
 
-        def ours(n_iter):
+        def ours(n_iter, covariance_type=covariance_type, inits=inits):
             return GaussianMixture(n_components, covariance_type=covariance_type,
                                    max_iter=n_iter, tol=0, **inits)
 

@@ -1,7 +1,9 @@
 """dask-gmm: Gaussian mixture models for arrays that do not fit in memory."""
 
 from ._engine import worker_settings
-from .gaussian_mixture import GaussianMixture, InvalidParameterError
+from ._options import VERSION as __version__  # noqa: F401
+from ._validation import InvalidParameterError
+from .gaussian_mixture import GaussianMixture
 from .io import open_array
 from .outputs import write_predictions
 from .persistence import ModelFormatError, load
@@ -10,4 +12,3 @@ from .sweep import GaussianMixtureSweep, plot_criterion
 __all__ = ["GaussianMixture", "GaussianMixtureSweep", "InvalidParameterError",
            "ModelFormatError", "load", "open_array", "plot_criterion", "worker_settings",
            "write_predictions"]
-__version__ = "0.1.0"

@@ -1,9 +1,10 @@
 """The thin dask layer: one map-reduce pass over the row chunks of an array.
 
 A fit is written as a *step generator*: it yields requests (a pass of
-statistics such as :class:`~dask_gmm._kernels.EStep`, or :class:`TakeRows`)
-and receives their computed results. The drivers here turn the requests of
-one round into one dask graph: a single :func:`~dask_gmm._kernels.chunk_pass`
+statistics such as :class:`~dask_gmm._requests.EStep`, or
+:class:`~dask_gmm._requests.TakeRows`; the protocol is written down in
+``_requests``) and receives their computed results. The drivers here turn the requests of
+one round into one dask graph: a single :func:`~dask_gmm._requests.chunk_pass`
 task per chunk serves every pass request of the round, a fixed-order tree of
 combine tasks adds the statistics up, and one ``dask.compute`` runs it on
 whatever scheduler is active (a ``distributed.Client`` if one is, dask's threads
@@ -19,7 +20,9 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._kernels import chunk_pass, combine_stat_lists
+from ._estep import log_resp_and_norm
+from ._requests import TakeRows, chunk_pass
+from ._stats import combine_stat_lists
 
 DEFAULT_SPLIT_EVERY = 8
 
@@ -57,13 +60,6 @@ def split_every():
     return DEFAULT_SPLIT_EVERY
 
 
-class TakeRows:
-    """Request for the rows at sorted ``indices`` (for seeding); answered with an ndarray."""
-
-    def __init__(self, indices):
-        self.indices = np.asarray(indices, dtype=np.int64)
-
-
 class ChunkedRows:
     """A row-chunked dask array (and optional row weights) as delayed blocks.
 
@@ -99,7 +95,7 @@ class ChunkedRows:
         Parameters
         ----------
         requests : list
-            Pass requests (see :func:`~dask_gmm._kernels.chunk_pass`); put into the
+            Pass requests (see :func:`~dask_gmm._requests.chunk_pass`); put into the
             graph once, not copied into every task.
 
         Returns
@@ -244,3 +240,32 @@ def _drive(data, steps, on_round, isolate, fatal):
         if on_round is not None:
             on_round(len(pending))
     return results
+
+
+# --------------------------------------------------------------------------
+# Per-row outputs of dask arrays, through ``map_blocks``.
+
+
+def _block_position(block_info):
+    """``(row_start, chunk_index)`` of a ``map_blocks`` block, or ``(0, None)``."""
+    if not block_info:
+        return 0, None
+    info = block_info[0]
+    return info["array-location"][0][0], info["chunk-location"][0]
+
+
+def predict_block(X, params, block_info=None):
+    """Most likely component of each row, shape ``(n,)``, int64."""
+    return log_resp_and_norm(X, params, *_block_position(block_info))[0].argmax(axis=1)
+
+
+def predict_proba_block(X, params, dtype, block_info=None):
+    """Responsibilities of each row, shape ``(n, K)``, in ``dtype``."""
+    log_resp = log_resp_and_norm(X, params, *_block_position(block_info))[0]
+    return np.exp(log_resp).astype(dtype, copy=False)
+
+
+def score_samples_block(X, params, dtype, block_info=None):
+    """Log-likelihood of each row, shape ``(n,)``, in ``dtype``."""
+    log_norm = log_resp_and_norm(X, params, *_block_position(block_info))[1]
+    return log_norm.astype(dtype, copy=False)

@@ -13,8 +13,8 @@ here walks a block in tiles of rows that stay in cache and does, per tile:
 3. one BLAS product of the responsibilities with the tile's packed products
    for the second moments.
 
-Results agree with :func:`dask_gmm._kernels.weighted_log_prob` /
-:func:`dask_gmm._kernels.responsibilities` to rounding (tests compare them).
+Results agree with :func:`dask_gmm._estep.weighted_log_prob` /
+:func:`dask_gmm._estep.responsibilities` to rounding (tests compare them).
 The functions release the GIL, so dask's threads run them in parallel.
 """
 

@@ -23,16 +23,9 @@ import logging
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from ._engine import TakeRows
-from ._kernels import (
-    HardAssignment,
-    Params,
-    RandomResponsibilities,
-    check_finite_rows,
-    check_rows,
-    m_step,
-    precision_cholesky,
-)
+from ._estep import check_finite_rows, check_rows
+from ._mstep import Params, m_step, precision_cholesky
+from ._requests import HardAssignment, RandomResponsibilities, TakeRows
 
 logger = logging.getLogger(__name__)
 

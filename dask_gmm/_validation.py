@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import os
+from numbers import Integral, Real
 
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import check_array, validate_data
 
-# Target size of one row chunk when we chunk an array ourselves.
-TARGET_CHUNK_BYTES = 64 * 2**20
+from .io import TARGET_CHUNK_BYTES, check_dtype, open_array
+
 MIN_CHUNK_ROWS = 4096
 # Mean sample weights within 2**-10 .. 2**10 are used as given.
 WEIGHT_EXPONENT_RANGE = 10
@@ -48,32 +49,6 @@ def numpy_row_chunks(n_samples, n_features, itemsize):
     return int(max(MIN_CHUNK_ROWS, min(by_cores, by_bytes)))
 
 
-def row_chunk_size(n_rows, n_features, itemsize, storage_rows=None):
-    """Rows per chunk: whole storage chunks adding up to about ``TARGET_CHUNK_BYTES``."""
-    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * itemsize))
-    if storage_rows:
-        target = max(storage_rows, (target // storage_rows) * storage_rows)
-    return int(min(target, max(n_rows, 1)))
-
-
-def store_row_chunks(store):
-    """Row chunk size for an array-like (zarr, HDF5, numpy), honouring its storage chunks."""
-    storage = getattr(store, "chunks", None)
-    n_rows, n_features = store.shape
-    return row_chunk_size(n_rows, n_features, store.dtype.itemsize,
-                          storage[0] if storage else None)
-
-
-def _check_dtype(dtype, name="X"):
-    if dtype.kind == "c":
-        raise ValueError(f"Complex data not supported: {name} has dtype {dtype}.")
-    if dtype.kind not in "biuf":
-        raise ValueError(
-            f"{name} has dtype {dtype}, which is not numeric. Convert it to "
-            f"numbers first, e.g. {name}.astype('float64')."
-        )
-
-
 def check_dask_array(X, estimator_name, ensure_min_samples=1):
     """Validate a dask array without reading it.
 
@@ -102,7 +77,7 @@ def check_dask_array(X, estimator_name, ensure_min_samples=1):
             "Reshape your data either using array.reshape(-1, 1) if your data has "
             "a single feature or array.reshape(1, -1) if it contains a single sample."
         )
-    _check_dtype(X.dtype)
+    check_dtype(X.dtype)
     if any(math.isnan(c) for c in X.chunks[0]):
         raise ValueError(
             "X has unknown chunk sizes along the rows. Call X.compute_chunk_sizes() "
@@ -169,8 +144,6 @@ def check_X(estimator, X, reset, ensure_min_samples=1):
     """
     X = unwrap_xarray(X)
     if _is_lazy_store(X):
-        from .io import open_array  # io builds on this module
-
         X = open_array(X)
     if not is_dask_collection(X):
         X = validate_data(
@@ -214,7 +187,7 @@ def check_sample_weight(sample_weight, X, lazy):
                 f"sample_weight.shape == {sample_weight.shape}, expected "
                 f"({n_samples},)!"
             )
-        _check_dtype(sample_weight.dtype, "sample_weight")
+        check_dtype(sample_weight.dtype, "sample_weight")
         low, total, finite = da.compute(
             sample_weight.min(), sample_weight.sum(), da.isfinite(sample_weight).all()
         )
@@ -323,3 +296,35 @@ def check_precisions(precisions, covariance_type, n_components, n_features):
     elif np.any(precisions <= 0.0):
         raise ValueError(f"'{covariance_type} precision' should be positive")
     return precisions
+
+
+# ---------------------------------------------------------------------------
+# Constructor parameters, checked in fit with scikit-learn's messages.
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A constructor parameter has a wrong type or value (as in scikit-learn)."""
+
+
+def check_int(name, value, low, owner):
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be an int in the range "
+            f"[{low}, inf). Got {value!r} instead."
+        )
+
+
+def check_real(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be a float in the range "
+            f"[0.0, inf). Got {value!r} instead."
+        )
+
+
+def check_option(name, value, options, owner):
+    if not isinstance(value, str) or value not in options:
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {owner} must be a str among "
+            f"{set(options)}. Got {value!r} instead."
+        )

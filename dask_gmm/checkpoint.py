@@ -26,15 +26,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
-from .persistence import write_npz_atomically
+from ._mstep import Params
+from ._stats import pass_sums
+from .paths import write_npz_atomically
 
 FORMAT = "dask-gmm-checkpoint"
 FORMAT_VERSION = 1
 IGNORED_PARAMS = ("verbose", "verbose_interval", "max_iter", "warm_start")
 PARAM_ARRAYS = ("weights", "means", "prec_chol", "covariances")
+
+
+class InitResult(NamedTuple):
+    """Where one initialisation's EM stands (or ended)."""
+
+    params: Params
+    lower_bound: float
+    lower_bounds: list
+    n_iter: int
+    converged: bool
 
 
 class CheckpointMismatchError(ValueError):
@@ -80,7 +93,6 @@ def _params_to_arrays(params, prefix):
 
 
 def _params_from_arrays(entries, prefix, covariance_type):
-    from ._kernels import Params
 
     if f"{prefix}weights" not in entries:
         return None
@@ -101,7 +113,7 @@ class FitState:
         self.finished = finished
         self.params = params
         self.rng_state = rng_state
-        # best finished initialisation: (params, lower_bound, lower_bounds, n_iter, converged)
+        # the best finished initialisation so far: an InitResult
         self.best = best
         self.data_sums = data_sums  # (sum of weight * x, sum of weight) of the last pass
         self.converged = converged
@@ -124,10 +136,11 @@ def save_state(path, fingerprint, state):
         arrays["data_sum"] = np.asarray(state.data_sums[0], dtype=np.float64)
         header["data_weight"] = float(state.data_sums[1])
     if state.best is not None:
-        best_params, lower_bound, lower_bounds, n_iter, converged = state.best
-        arrays.update(_params_to_arrays(best_params, "best:"))
-        header["best"] = {"lower_bound": lower_bound, "lower_bounds": list(lower_bounds),
-                          "n_iter": n_iter, "converged": bool(converged)}
+        best = state.best
+        arrays.update(_params_to_arrays(best.params, "best:"))
+        header["best"] = {"lower_bound": best.lower_bound,
+                          "lower_bounds": list(best.lower_bounds), "n_iter": best.n_iter,
+                          "converged": bool(best.converged)}
     arrays["__header__"] = np.array(json.dumps(header))
     write_npz_atomically(path, arrays)
 
@@ -192,8 +205,8 @@ def _state_from(path, header, entries, fingerprint, covariance_type):
     best = None
     if header["best"] is not None:
         b = header["best"]
-        best = (_params_from_arrays(entries, "best:", covariance_type), b["lower_bound"],
-                b["lower_bounds"], b["n_iter"], b["converged"])
+        best = InitResult(_params_from_arrays(entries, "best:", covariance_type),
+                          b["lower_bound"], b["lower_bounds"], b["n_iter"], b["converged"])
     data_sums = None
     if "data_sum" in entries:
         data_sums = (entries["data_sum"], header["data_weight"])
@@ -224,8 +237,3 @@ def check_data_sums(path, saved, stats):
             f"Checkpoint '{path}' was made for other data (its sums differ from this "
             "data's). Use another checkpoint path, or delete this one to start afresh."
         )
-
-
-def pass_sums(stats):
-    """``(sum of weight * x, sum of weight)`` from a pass's statistics."""
-    return stats.s1.sum(axis=0) + stats.n * stats.shift, stats.n

@@ -4,294 +4,34 @@ Subcommands: ``generate``, ``fit``, ``sweep``, ``predict``, ``info`` and ``demo`
 Exit codes: 0 success, 2 usage error, 1 runtime error, 130/143 interrupted by
 SIGINT/SIGTERM. Every error prints one line on stderr; ``-v`` adds the
 traceback. Outputs are checked before any work starts and are never written over
-anything dask-gmm did not write (see :mod:`dask_gmm.paths`).
+anything dask-gmm did not write (see :mod:`dask_gmm.paths`). The options and the
+error handling every subcommand shares are in ``_command``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
 import os
-import re
-import signal
-import sys
 import tempfile
 import time
-import traceback
-import warnings
 
 import click
 import numpy as np
 
 from . import paths
-from ._engine import worker_settings
+from ._command import (
+    _one_line,
+    _plural,
+    command_options,
+    em_options,
+    scheduler_context,
+)
+from ._options import COVARIANCE_TYPES
 from ._progress import progress_bar
 
 logger = logging.getLogger("dask_gmm.cli")
-
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-LOCAL_SCHEDULERS = ("threads", "sync")
-DISTRIBUTED_LOGGERS = ("distributed", "tornado", "asyncio")
-EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-# --------------------------------------------------------------------- helpers
-
-
-class Interrupted(BaseException):
-    """SIGTERM (what SLURM and Kubernetes send), raised in the main thread."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
-class Settings:
-    """The options a subcommand was given that every subcommand shares."""
-
-    def __init__(self, verbose=0, progress=None, scheduler="threads", n_workers=None,
-                 threads_per_worker=None, memory_limit="auto", dashboard=None, timeout=10.0,
-                 chunk_rows=None):
-        self.verbose = verbose
-        self.progress = sys.stderr.isatty() if progress is None else progress
-        self.scheduler = scheduler
-        self.n_workers = n_workers
-        self.threads_per_worker = threads_per_worker
-        self.memory_limit = memory_limit
-        self.dashboard = dashboard
-        self.timeout = timeout
-        self.chunk_rows = chunk_rows
-
-
-def _one_line(error):
-    """The error as one line: its message, or its type and message when unexpected."""
-    if isinstance(error, KeyError) and error.args:
-        text = str(error.args[0])
-    else:
-        text = str(error)
-    expected = isinstance(error, (ValueError, TypeError, OSError, KeyError)) and text
-    if not expected:
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    click.echo(f"Warning: {text}", err=True)
-
-
-def _configure_logging(verbose):
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # distributed logs connections at INFO and every failure at length; a failure
-    # reaches the user as our one line, the details with -v
-    _quiet_distributed(verbose)
-    if not verbose:
-        warnings.showwarning = _show_warning
-
-
-def _quiet_distributed(verbose):
-    """distributed configures its own loggers (at INFO) when imported: set them all."""
-    quiet = {0: logging.CRITICAL + 1, 1: logging.WARNING}.get(verbose, logging.DEBUG)
-    names = [n for n in logging.root.manager.loggerDict if n.startswith(DISTRIBUTED_LOGGERS)]
-    for name in set(names) | set(DISTRIBUTED_LOGGERS):
-        logging.getLogger(name).setLevel(quiet)
-
-
-def command_options(scheduler=True, progress=True, verbose=True):
-    """The shared options of a subcommand, and its error handling.
-
-    Parameters
-    ----------
-    scheduler : bool
-        Offer the scheduler options (only for subcommands that compute on dask).
-    progress : bool
-        Offer --progress/--no-progress.
-    """
-
-    def decorate(command):
-        @functools.wraps(command)
-        def wrapper(**kwargs):
-            settings = Settings(**{name: kwargs.pop(name) for name in list(kwargs)
-                                   if name in SETTING_NAMES})
-            return run_command(command, settings, kwargs)
-
-        options = []
-        if scheduler:
-            options += [
-                click.option("--scheduler", default="local", show_default=True,
-                             callback=_check_scheduler,
-                             help="Where to compute: 'local' (a LocalCluster of worker "
-                                  "processes sized to this machine), 'threads' (dask's "
-                                  "threads in this process), 'sync' (one thread, for "
-                                  "debugging), or the address of a running scheduler, "
-                                  "e.g. tcp://host:8786."),
-                click.option("--n-workers", type=click.IntRange(1), default=None,
-                             help="Workers of the local cluster (default: one per 2 "
-                                  "cores)."),
-                click.option("--threads-per-worker", type=click.IntRange(1), default=None,
-                             help="Threads of each local worker."),
-                click.option("--memory-limit", default="auto", show_default=True,
-                             help="Memory limit of each local worker, e.g. '2GiB'."),
-                click.option("--dashboard", default=None, is_flag=False,
-                             flag_value=":8787", metavar="[ADDRESS]",
-                             help="Serve dask's dashboard for the local cluster (at "
-                                  "ADDRESS, default :8787) and print its link. Off by "
-                                  "default."),
-                click.option("--timeout", type=click.FloatRange(0, min_open=True),
-                             default=10.0, show_default=True,
-                             help="Seconds to wait for a scheduler address to answer."),
-                click.option("--chunk-rows", type=click.IntRange(1), default=None,
-                             help="Rows per chunk read from the data (default: whole "
-                                  "storage chunks adding up to about 64 MiB)."),
-            ]
-        if progress:
-            options.append(click.option(
-                "--progress/--no-progress", default=None,
-                help="Progress bars on stderr (default: on when stderr is a terminal)."))
-        if verbose:
-            options.append(click.option("-v", "--verbose", count=True,
-                                        help="More log output, and tracebacks on errors "
-                                             "(-vv: debug)."))
-        for option in reversed(options):
-            wrapper = option(wrapper)
-        return wrapper
-
-    return decorate
-
-
-SETTING_NAMES = ("verbose", "progress", "scheduler", "n_workers", "threads_per_worker",
-                 "memory_limit", "dashboard", "timeout", "chunk_rows")
-
-
-def run_command(command, settings, kwargs):
-    """Run a subcommand: one line on stderr and exit 1 on error, 130/143 on a signal."""
-    _configure_logging(settings.verbose)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        return command(settings, **kwargs)
-    except click.exceptions.ClickException:
-        raise
-    except (KeyboardInterrupt, Interrupted) as interruption:
-        signum = getattr(interruption, "signum", signal.SIGINT)
-        if settings.verbose:
-            traceback.print_exc()
-        click.echo(f"Error: interrupted by {signal.Signals(signum).name}; nothing was "
-                   "left half-written.", err=True)
-        sys.exit(EXIT_INTERRUPTED[signum])
-    except Exception as error:  # noqa: BLE001 - every failure is one line (-v: traceback)
-        if settings.verbose:
-            traceback.print_exc()
-        click.echo(f"Error: {_one_line(error)}", err=True)
-        sys.exit(1)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _check_scheduler(ctx, param, value):
-    if value in ("local",) + LOCAL_SCHEDULERS:
-        return value
-    if not re.fullmatch(r"[A-Za-z_-]+", value):  # an address (or a shell variable for one)
-        return value
-    raise click.BadParameter(
-        f"'{value}': use 'local', 'threads', 'sync' or a scheduler address such as "
-        "tcp://host:8786.")
-
-
-def em_options(command):
-    """The EM options ``fit`` and ``sweep`` share (scikit-learn's names and defaults)."""
-    options = [
-        click.option("--init", "init_params",
-                     type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]),
-                     default="kmeans", show_default=True),
-        click.option("--n-init", type=click.IntRange(1), default=1, show_default=True),
-        click.option("--max-iter", type=click.IntRange(0), default=100, show_default=True),
-        click.option("--tol", type=click.FloatRange(0), default=1e-3, show_default=True),
-        click.option("--reg-covar", type=click.FloatRange(0), default=1e-6,
-                     show_default=True),
-        click.option("--seed", type=int, default=None,
-                     help="Integer seed of the initialisation (scikit-learn's "
-                          "random_state): the same seed on the same data gives the same "
-                          "model. Default: a fresh random start every run."),
-        click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _plural(count, word):
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
-@contextlib.contextmanager
-def scheduler_context(settings, X=None):
-    """Run the body on the chosen scheduler; a local cluster is closed afterwards.
-
-    Yields the ``distributed.Client`` (None on dask's threads). With ``X``, a
-    chunk too large for the workers' memory limit is refused at once.
-    """
-    import dask
-
-    choice = settings.scheduler
-    if settings.dashboard and choice != "local":
-        raise click.UsageError("--dashboard serves the local cluster's dashboard: use it "
-                               "with --scheduler local (a scheduler at an address serves "
-                               "its own; -v prints its link).")
-    if choice in LOCAL_SCHEDULERS:
-        with dask.config.set(scheduler=choice):
-            yield None
-        return
-    from distributed import Client, LocalCluster
-
-    _quiet_distributed(settings.verbose)
-    if choice == "local":
-        cores = os.cpu_count() or 1
-        n_workers = settings.n_workers or max(1, cores // 2)
-        threads = settings.threads_per_worker or max(1, cores // n_workers)
-        dashboard = settings.dashboard
-        with dask.config.set(worker_settings()), \
-                LocalCluster(n_workers=n_workers, threads_per_worker=threads,
-                             memory_limit=settings.memory_limit,
-                             dashboard_address=dashboard,
-                             # without a dashboard the scheduler's HTTP server (health,
-                             # metrics) takes any free port, not 8787
-                             scheduler_kwargs=None if dashboard else
-                             {"dashboard_address": ":0"},
-                             processes=True, silence_logs=logging.CRITICAL) as cluster, \
-                Client(cluster) as client:
-            logger.info("local cluster: %s x %s", _plural(n_workers, "worker"),
-                        _plural(threads, "thread"))
-            if dashboard:
-                click.echo(f"dashboard: {client.dashboard_link}", err=True)
-            if X is not None:
-                check_worker_memory(client, X)
-            yield client
-        return
-    try:
-        client = Client(choice, timeout=settings.timeout)
-    except (OSError, TimeoutError) as error:
-        raise ConnectionError(
-            f"Could not reach the dask scheduler at {choice} within {settings.timeout:g} s "
-            f"({_one_line(error)}). Is it running? (--timeout to wait longer)"
-        ) from None
-    with client:
-        logger.info("dashboard: %s", client.dashboard_link)
-        if X is not None:
-            check_worker_memory(client, X)
-        yield client
-
-
-def check_worker_memory(client, X):
-    from .gaussian_mixture import check_chunks_fit_workers
-
-    check_chunks_fit_workers(X, client)
 
 
 def parse_k(text):
@@ -432,7 +172,8 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
 def fit(settings, data, n_components, covariance_type, init_params, n_init, max_iter, tol,
         reg_covar, seed, dataset, out, overwrite, checkpoint):
     """Fit one mixture to DATA and save it to --out."""
-    from .gaussian_mixture import GaussianMixture, fit_estimator
+    from ._base import fit_estimator
+    from .gaussian_mixture import GaussianMixture
 
     check_checkpoint(checkpoint, data, [out])
     paths.check_output(out, overwrite, paths.MODEL, inputs=[data, checkpoint])
@@ -522,32 +263,22 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
 def write_results_csv(results, path, overwrite=False):
     import csv
 
-    from .persistence import RESULT_COLUMNS
+    from ._options import RESULT_COLUMNS
 
-    temporary = paths.temporary_sibling(path)
-    try:
-        with open(temporary, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(RESULT_COLUMNS)
-            for i in range(len(results["bic"])):
-                writer.writerow([results[c][i] for c in RESULT_COLUMNS])
-        paths.place(temporary, path, overwrite, paths.TABLE)
-    except BaseException as error:
-        paths.discard_unless_kept(temporary, error)
-        raise
+    with paths.atomic_output(path, overwrite, paths.TABLE) as temporary, \
+            open(temporary, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(RESULT_COLUMNS)
+        for i in range(len(results["bic"])):
+            writer.writerow([results[c][i] for c in RESULT_COLUMNS])
 
 
 def write_plot(results, path, criterion, overwrite=False):
     from .sweep import plot_criterion
 
-    temporary = paths.temporary_sibling(path)
-    temporary = temporary.with_name(temporary.name + os.path.splitext(path)[1])
-    try:
+    with paths.atomic_output(path, overwrite, paths.PLOT,
+                             suffix=os.path.splitext(path)[1]) as temporary:
         plot_criterion(results, temporary, criterion)
-        paths.place(temporary, path, overwrite, paths.PLOT)
-    except BaseException as error:
-        paths.discard_unless_kept(temporary, error)
-        raise
 
 
 @main.command()
@@ -625,10 +356,11 @@ def demo(settings, n_samples, out_dir):
     """Generate data, sweep K on a local cluster, fit, predict, plot, score: end to end."""
     from sklearn.metrics import adjusted_rand_score
 
-    from .gaussian_mixture import GaussianMixture, fit_estimator
+    from ._base import fit_estimator
+    from .gaussian_mixture import GaussianMixture
     from .io import open_array
-    from .synthetic import write_mixture
     from .sweep import GaussianMixtureSweep
+    from .synthetic import write_mixture
 
     out_dir = out_dir or tempfile.mkdtemp(prefix="dask-gmm-demo-")
     data_path = os.path.join(out_dir, "data.zarr")

@@ -17,9 +17,8 @@ import os
 import dask.array as da
 import numpy as np
 
-from ._validation import _check_dtype, store_row_chunks
-from .paths import temporary_sibling  # noqa: F401 - kept importable from here
-
+# Target size of one row chunk when we chunk an array ourselves.
+TARGET_CHUNK_BYTES = 64 * 2**20
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -28,6 +27,32 @@ class UnreadableDataError(OSError):
     """Stored data that cannot be read as stored: a missing or damaged chunk."""
 # A zarr group attribute naming the array to fit when none is named.
 DATA_ATTRIBUTE = "dask_gmm:data"
+
+
+def check_dtype(dtype, name="X"):
+    if dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {dtype}.")
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} has dtype {dtype}, which is not numeric. Convert it to "
+            f"numbers first, e.g. {name}.astype('float64')."
+        )
+
+
+def row_chunk_size(n_rows, n_features, itemsize, storage_rows=None):
+    """Rows per chunk: whole storage chunks adding up to about ``TARGET_CHUNK_BYTES``."""
+    target = max(1, TARGET_CHUNK_BYTES // max(1, n_features * itemsize))
+    if storage_rows:
+        target = max(storage_rows, (target // storage_rows) * storage_rows)
+    return int(min(target, max(n_rows, 1)))
+
+
+def store_row_chunks(store):
+    """Row chunk size for an array-like (zarr, HDF5, numpy), honouring its storage chunks."""
+    storage = getattr(store, "chunks", None)
+    n_rows, n_features = store.shape
+    return row_chunk_size(n_rows, n_features, store.dtype.itemsize,
+                          storage[0] if storage else None)
 
 
 class _LazyFile:
@@ -314,7 +339,7 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
             f"Expected a 2-D array (samples x features), got {source.ndim}-D with shape "
             f"{source.shape}."
         )
-    _check_dtype(np.dtype(source.dtype))
+    check_dtype(np.dtype(source.dtype))
     n_features = source.shape[1]
     if isinstance(source, da.Array):
         if chunks is None and len(source.chunks[1]) == 1:

@@ -25,7 +25,7 @@ import dask
 import numpy as np
 
 from . import paths
-from ._kernels import log_resp_and_norm
+from ._estep import log_resp_and_norm
 
 logger = logging.getLogger(__name__)
 
@@ -166,41 +166,28 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     shapes = _shapes(X.shape[0], len(params.weights), names, dtype)
     starts = np.concatenate([[0], np.cumsum(row_chunks)[:-1]]).astype(int)
     blocks = X.to_delayed().ravel()
-    temporary = str(paths.temporary_sibling(path))
-    handle = None
-    try:
+    with paths.atomic_output(path, overwrite, paths.PREDICTIONS) as temporary:
+        temporary = str(temporary)
         if fmt == "zarr":
             _create_zarr(temporary, shapes, chunk_rows, source)
             task = dask.delayed(_write_zarr_chunk, pure=False)
             tasks = [task(b, params, names, dtype, temporary, int(s), i)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
-
-            def on_done(i, rows):
-                if progress is not None:
-                    progress(rows)
+            run_chunk_tasks(tasks, lambda i, rows: progress and progress(rows), client)
         else:
-            handle = _create_hdf5(temporary, shapes, chunk_rows, source)
             task = dask.delayed(_compute_chunk, pure=False)
             tasks = [task(b, params, names, dtype, int(s), i)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
+            with _create_hdf5(temporary, shapes, chunk_rows, source) as handle:
 
-            def on_done(i, values):
-                stop = starts[i] + row_chunks[i]
-                for name, value in values.items():
-                    handle[name][starts[i]:stop] = value
-                if progress is not None:
-                    progress(row_chunks[i])
+                def on_done(i, values):
+                    stop = starts[i] + row_chunks[i]
+                    for name, value in values.items():
+                        handle[name][starts[i]:stop] = value
+                    if progress is not None:
+                        progress(row_chunks[i])
 
-        run_chunk_tasks(tasks, on_done, client)
-        if handle is not None:
-            handle.close()
-            handle = None
-        paths.place(temporary, path, overwrite, paths.PREDICTIONS)
-    except BaseException as error:
-        if handle is not None:
-            handle.close()
-        paths.discard_unless_kept(temporary, error)
-        raise
+                run_chunk_tasks(tasks, on_done, client)
     return path
 
 

@@ -18,6 +18,7 @@ any work starts and :func:`place` at the end:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import ctypes.util
@@ -28,6 +29,8 @@ import shutil
 import uuid
 import zipfile
 from pathlib import Path
+
+from ._options import MODEL_FORMAT
 
 # The marker attribute of zarr groups and HDF5 files we write, and its values.
 MARKER = "dask_gmm:output"
@@ -130,16 +133,14 @@ def _hdf5_marker(path):
 
 
 def _is_model_file(path):
-    from .persistence import FORMAT
-
     with zipfile.ZipFile(path) as archive:
         if "__metadata__.npy" not in archive.namelist():
             return False
         if archive.getinfo("__metadata__.npy").file_size > 16 * 2**20:
             return False
         raw = archive.read("__metadata__.npy")
-    return f'"format": "{FORMAT}"'.encode("utf-32-le") in raw or \
-        f'"format": "{FORMAT}"'.encode() in raw
+    return f'"format": "{MODEL_FORMAT}"'.encode("utf-32-le") in raw or \
+        f'"format": "{MODEL_FORMAT}"'.encode() in raw
 
 
 def check_output(path, overwrite, kind, inputs=(), option="--out"):
@@ -302,3 +303,46 @@ def place(temporary, path, overwrite, kind):
                     temporary) from None
     if old is not None:
         remove(old)
+
+
+@contextlib.contextmanager
+def atomic_output(path, overwrite=False, kind=None, suffix=""):
+    """Write an output whole or not at all: yields a temporary path beside ``path``.
+
+    When the body ends, the temporary is put in place with :func:`place` (for an
+    output of ``kind``), or, with ``kind=None``, renamed over ``path`` (only for
+    state files of our own, such as checkpoints). When the body fails, the
+    temporary is removed, unless the error says it holds the finished output.
+
+    Parameters
+    ----------
+    path : str or path-like
+    overwrite : bool
+    kind : str or None
+    suffix : str
+        Added to the temporary name (writers that pick a format by suffix).
+
+    Yields
+    ------
+    pathlib.Path
+    """
+    temporary = temporary_sibling(path)
+    temporary = temporary.with_name(temporary.name + suffix)
+    try:
+        yield temporary
+        if kind is None:
+            os.replace(temporary, path)
+        else:
+            place(temporary, path, overwrite, kind)
+    except BaseException as error:
+        discard_unless_kept(temporary, error)
+        raise
+
+
+def write_npz_atomically(path, arrays):
+    """Write ``arrays`` as an ``.npz`` over our own state file ``path``, whole or not at all."""
+    import numpy as np
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_output(path) as temporary, open(temporary, "wb") as f:
+        np.savez(f, **arrays)

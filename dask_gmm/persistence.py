@@ -32,18 +32,28 @@ import zipfile
 
 import numpy as np
 
-FORMAT = "dask-gmm-model"
+from . import paths
+from ._options import COVARIANCE_TYPES, MODEL_FORMAT, RESULT_COLUMNS, VERSION
+
+# The classes a model file may name, registered by their modules (``@register``):
+# this module builds them without importing them, so no import goes both ways.
+MODEL_CLASSES = {}
+
+
+def register(cls):
+    """Class decorator: let model files name ``cls``."""
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
+
+FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
 FITTED_ARRAYS = ("weights_", "means_", "covariances_", "precisions_",
                  "precisions_cholesky_", "feature_names_in_")
 FITTED_SCALARS = ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
                   "n_features_in_")
 ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
-RESULT_COLUMNS = ("n_components", "covariance_type", "bic", "aic", "lower_bound",
-                  "n_iter", "converged", "n_passes", "finish_time", "error")
 
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
 class ModelFormatError(ValueError):
@@ -107,10 +117,7 @@ def save_model(model, path, overwrite=False):
     """
     from sklearn.utils.validation import check_is_fitted
 
-    from . import __version__
-    from .sweep import GaussianMixtureSweep
 
-    from . import paths
 
     check_is_fitted(model)
     path = os.fspath(path)
@@ -125,8 +132,8 @@ def save_model(model, path, overwrite=False):
                 "with overwrite=True. Remove it yourself or choose another path."
             )
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "class": type(model).__name__, "dask_gmm_version": __version__}
-    if isinstance(model, GaussianMixtureSweep):
+                "class": type(model).__name__, "dask_gmm_version": VERSION}
+    if type(model).__name__ == "GaussianMixtureSweep":
         arrays, params, fitted = {}, {}, {}
         for name, value in model.get_params(deep=False).items():
             params[name] = _plain(value)
@@ -148,34 +155,11 @@ def save_model(model, path, overwrite=False):
     metadata["fitted"] = fitted
     arrays["__metadata__"] = np.array(json.dumps(metadata))
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = paths.temporary_sibling(path)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with paths.atomic_output(path, overwrite, paths.MODEL) as temporary:
         with open(temporary, "wb") as f:
             np.savez(f, **arrays)
-        paths.place(temporary, path, overwrite, paths.MODEL)
-    except BaseException as error:
-        paths.discard_unless_kept(temporary, error)
-        raise
     return path
-
-
-def write_npz_atomically(path, arrays):
-    """Write ``arrays`` as an ``.npz`` under a temporary name, then rename it to ``path``.
-
-    A crash leaves the previous file (or none), never half of one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 HEADER_KEYS = {"format", "format_version", "class", "dask_gmm_version", "params", "fitted"}
@@ -255,8 +239,7 @@ def _covariance_shape(covariance_type, n_components, n_features):
 
 def _read_gaussian_mixture(path, sizes, params, fitted, prefix=""):
     """Build a GaussianMixture from the header and its arrays, checking every field."""
-    from .gaussian_mixture import GaussianMixture
-
+    GaussianMixture = MODEL_CLASSES["GaussianMixture"]  # noqa: N806 - a class
     params, fitted = dict(params), dict(fitted)
     allowed = set(GaussianMixture().get_params(deep=False)) - set(ARRAY_PARAMS)
     if set(params) - allowed:
@@ -349,15 +332,14 @@ def load(path):
         Not a dask-gmm model, written in a newer format version, or a field
         that does not hold what the format says (named in the message).
     """
-    from .sweep import GaussianMixtureSweep
-
     path, metadata, sizes = _read(path)
     params, fitted = metadata.get("params", {}), metadata.get("fitted", {})
     try:
         if metadata.get("class") == "GaussianMixture":
             return _read_gaussian_mixture(path, sizes, params, fitted)
         if metadata.get("class") == "GaussianMixtureSweep":
-            return _read_sweep(path, sizes, params, fitted, GaussianMixtureSweep)
+            return _read_sweep(path, sizes, params, fitted,
+                               MODEL_CLASSES["GaussianMixtureSweep"])
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, ModelFormatError):
             raise

@@ -20,15 +20,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import _kernels as K
+from ._base import prepare_rows
 from ._engine import compute_round, run_together
+from ._estep import NonFiniteInputError
+from ._options import COVARIANCE_TYPES, CRITERIA
 from ._progress import progress_bar
-from .paths import PLOT_SOFTWARE
-from ._validation import check_X
+from ._requests import LogLikelihood
+from ._validation import InvalidParameterError, check_X
 from .checkpoint import CheckpointMismatchError
-from .gaussian_mixture import GaussianMixture, InvalidParameterError, prepare_rows
+from .gaussian_mixture import GaussianMixture
+from .paths import PLOT_SOFTWARE
+from .persistence import register, save_model
 
-CRITERIA = ("bic", "aic")
 # Each candidate holds its parameters and a generator; a grid larger than this is
 # a typo (K=1:1000000000), not a sweep.
 MAX_CANDIDATES = 10_000
@@ -49,6 +52,7 @@ def _as_list(value, name, kind):
     return values
 
 
+@register
 class GaussianMixtureSweep(DensityMixin, BaseEstimator):
     """Fit a grid of Gaussian mixtures and keep the one with the best BIC or AIC.
 
@@ -97,7 +101,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
     def __init__(
         self,
         n_components=range(1, 11),
-        covariance_type=("full", "tied", "diag", "spherical"),
+        covariance_type=COVARIANCE_TYPES,
         criterion="bic",
         *,
         tol=1e-3,
@@ -243,7 +247,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 [timed(i, c) for i, c in enumerate(candidates)],
                 on_round=on_round,
                 isolate=(ValueError, np.linalg.LinAlgError, FloatingPointError),
-                fatal=(K.NonFiniteInputError, CheckpointMismatchError),
+                fatal=(NonFiniteInputError, CheckpointMismatchError),
             )
             fitted = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
             scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
@@ -258,7 +262,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         """``(sum of weights, sum of weighted log p(x))`` per model, in one shared pass."""
         if not models:
             return []
-        requests = [K.LogLikelihood(m._current_params()) for m in models]
+        requests = [LogLikelihood(m._current_params()) for m in models]
         return [(s.n, s.log_likelihood) for s in compute_round(data, requests)]
 
     def _record(self, candidates, outcomes, scores, finished_at, n_passes):
@@ -342,8 +346,6 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
 
     def save(self, path, overwrite=False):
         """Write the sweep (its ``results_`` and best model) to ``path``, without pickle."""
-        from .persistence import save_model
-
         return save_model(self, path, overwrite=overwrite)
 
     def plot(self, path, criterion=None):

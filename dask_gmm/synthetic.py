@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import paths
@@ -79,9 +78,8 @@ def write_mixture(out, n_samples, n_features, n_components, covariance_type="ful
     paths.check_output(out, overwrite, paths.GENERATED, option="OUT")
     weights, means, covariances = true_mixture(n_features, n_components, covariance_type,
                                                seed, separation)
-    temporary = str(paths.temporary_sibling(out))
-    try:
-        group = zarr.open_group(temporary, mode="w", zarr_format=zarr_format)
+    with paths.atomic_output(out, overwrite, paths.GENERATED) as temporary:
+        group = zarr.open_group(str(temporary), mode="w", zarr_format=zarr_format)
         X = group.create_array("X", shape=(n_samples, n_features), dtype="f8",
                                chunks=(min(chunk_rows, n_samples), n_features))
         labels = group.create_array("labels", shape=(n_samples,), dtype="i4",
@@ -104,8 +102,4 @@ def write_mixture(out, n_samples, n_features, n_components, covariance_type="ful
                 labels[start:start + rows] = block_labels
                 if bar is not None:
                     bar.update(rows)
-        paths.place(temporary, out, overwrite, paths.GENERATED)
-    except BaseException as error:
-        paths.discard_unless_kept(temporary, error)
-        raise
     return out

@@ -2,9 +2,9 @@
 
 import contextlib
 
-from dask.callbacks import Callback
 import dask.array as da
 import numpy as np
+from dask.callbacks import Callback
 from sklearn.datasets import make_blobs
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 

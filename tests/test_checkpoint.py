@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dask_gmm import GaussianMixture, GaussianMixtureSweep
+from dask_gmm._base import fit_estimator
 from dask_gmm.checkpoint import CheckpointMismatchError
-from dask_gmm.gaussian_mixture import fit_estimator
 
 from .helpers import as_dask, blobs, count_computes
 

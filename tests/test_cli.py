@@ -90,7 +90,8 @@ def test_sweep_writes_table_plot_and_model(generated, tmp_path):
     assert (tmp_path / "bic.png").read_bytes()[:4] == b"\x89PNG"
     sweep = load(tmp_path / "sweep.npz")
     assert isinstance(sweep, GaussianMixtureSweep) and sweep.best_params_["n_components"] == 3
-    assert "GaussianMixtureSweep (BIC), 8 candidates" in dask_gmm("info", tmp_path / "sweep.npz").stdout
+    info = dask_gmm("info", tmp_path / "sweep.npz").stdout
+    assert "GaussianMixtureSweep (BIC), 8 candidates" in info
 
 
 def test_fit_hdf5_input_written_by_h5py(generated, tmp_path):
@@ -160,7 +161,8 @@ def test_expected_errors_print_one_line_and_exit_1(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     bad_model = dask_gmm("info", tmp_path / "junk.npz", check=False)
     assert bad_model.returncode == 1
-    assert bad_model.stderr.strip() == f"Error: '{tmp_path / 'junk.npz'}' is not a dask-gmm model file."
+    junk = tmp_path / "junk.npz"
+    assert bad_model.stderr.strip() == f"Error: '{junk}' is not a dask-gmm model file."
     assert "Traceback" not in missing.stderr + bad_model.stderr
 
 

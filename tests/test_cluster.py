@@ -19,7 +19,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 from dask_gmm import GaussianMixture, GaussianMixtureSweep
-from dask_gmm.gaussian_mixture import fit_estimator
+from dask_gmm._base import fit_estimator
 
 from .helpers import blobs
 
@@ -177,11 +177,12 @@ def test_iteration_graph_is_lean(tmp_path):
     parameters are in the graph once, not copied into every task."""
     import pickle
 
-    from dask_gmm import _kernels as K
     from dask_gmm._engine import ChunkedRows
+    from dask_gmm._mstep import Params
+    from dask_gmm._requests import EStep
 
     marker = np.full((4, 4), 1234.56789)  # means no other number in the graph has
-    request = K.EStep(K.Params(np.full(4, 0.25), marker, np.ones(4), "spherical"))
+    request = EStep(Params(np.full(4, 0.25), marker, np.ones(4), "spherical"))
     sizes = []
     for rows in (4000, 400_000):
         store = zarr.open_array(tmp_path / f"x{rows}.zarr", mode="w", shape=(rows, 4),

@@ -251,17 +251,17 @@ def test_blas_runs_one_thread_during_the_client_side_m_steps(monkeypatch):
     """OpenBLAS threads left spinning by a client-side call slow the next round's tasks."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from dask_gmm import _kernels
+    from dask_gmm import gaussian_mixture
 
     blas_threads = []
-    real_m_step = _kernels.m_step
+    real_m_step = gaussian_mixture.m_step
 
     def recording_m_step(*args, **kwargs):
         blas_threads.append([p["num_threads"] for p in threadpool_info()
                              if p["user_api"] == "blas"])
         return real_m_step(*args, **kwargs)
 
-    monkeypatch.setattr(_kernels, "m_step", recording_m_step)
+    monkeypatch.setattr(gaussian_mixture, "m_step", recording_m_step)
     X, _ = blobs(2000)
     with threadpool_limits(limits=2, user_api="blas"):
         GaussianMixture(3, max_iter=5, tol=0, random_state=0).fit(X)

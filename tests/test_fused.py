@@ -8,16 +8,19 @@ import numpy as np
 import pytest
 
 from dask_gmm import _fused
-from dask_gmm import _kernels as K
+from dask_gmm._estep import RowBlock, chunk_shift, responsibilities, weighted_log_prob
+from dask_gmm._mstep import Params, precision_cholesky
+from dask_gmm._requests import EStep, chunk_pass
+from dask_gmm._stats import accumulate, empty_stats
 
 
 def numpy_e_step(X, params, w=None):
     """The numpy route: weighted log densities, responsibilities, sums."""
-    shift = K.chunk_shift(X)
-    stats = K.empty_stats(len(params.weights), X.shape[1], "full", shift)
-    block = K.RowBlock(np.asarray(X, dtype=np.float64), shift, w, 0)
-    R, log_norm = K.responsibilities(K.weighted_log_prob(block, params, shift))
-    K._accumulate(stats, block, R)
+    shift = chunk_shift(X)
+    stats = empty_stats(len(params.weights), X.shape[1], "full", shift)
+    block = RowBlock(np.asarray(X, dtype=np.float64), shift, w, 0)
+    R, log_norm = responsibilities(weighted_log_prob(block, params, shift))
+    accumulate(stats, block, R)
     stats.log_likelihood = float(log_norm.sum() if w is None else log_norm @ w)
     return stats
 
@@ -27,7 +30,7 @@ def random_params(rng, n_components, n_features, center=0.0):
     A = rng.normal(size=(n_components, n_features, n_features)) * 0.3
     cov = A @ A.transpose(0, 2, 1) + np.eye(n_features)
     weights = rng.uniform(0.5, 1.5, n_components)
-    return K.Params(weights / weights.sum(), means, K.precision_cholesky(cov, "full"), "full")
+    return Params(weights / weights.sum(), means, precision_cholesky(cov, "full"), "full")
 
 
 @pytest.mark.parametrize("n_rows", [0, 1, 7, 128, 300, 1000])
@@ -38,7 +41,7 @@ def test_compiled_e_step_equals_numpy_kernels(n_rows, dtype, weighted):
     params = random_params(rng, 5, 6, center=50.0)
     X = (rng.normal(size=(n_rows, 6)) * 4 + 50.0).astype(dtype)
     w = rng.uniform(0, 3, n_rows) if weighted else None
-    ours = K.chunk_pass(X, [K.EStep(params)], sample_weight=w)[0]
+    ours = chunk_pass(X, [EStep(params)], sample_weight=w)[0]
     reference = numpy_e_step(X, params, w)
     assert ours.n == pytest.approx(reference.n, rel=1e-14)
     np.testing.assert_allclose(ours.shift, reference.shift)
@@ -56,7 +59,7 @@ def test_tiles_do_not_change_the_sums(monkeypatch):
     for rows in (8, 64, 128):
         monkeypatch.setattr(_fused, "TILE_ROWS", rows)
         assert _fused.tile_rows(3, 4) == rows
-        stats = K.chunk_pass(X, [K.EStep(params)])[0]
+        stats = chunk_pass(X, [EStep(params)])[0]
         sums.append((stats.nk, stats.s2, stats.log_likelihood))
     for nk, s2, ll in sums[1:]:
         np.testing.assert_allclose(nk, sums[0][0], rtol=1e-12)
@@ -78,7 +81,7 @@ def test_component_with_zero_weight_gets_no_responsibility():
     params = random_params(rng, 3, 2)
     params.weights = np.array([0.5, 0.5, 0.0])
     X = rng.normal(size=(200, 2)) * 3
-    stats = K.chunk_pass(X, [K.EStep(params)])[0]
+    stats = chunk_pass(X, [EStep(params)])[0]
     assert stats.nk[2] == 0.0 and np.all(stats.s2[2] == 0.0)
     assert np.isfinite(stats.log_likelihood)
     np.testing.assert_allclose(stats.nk, numpy_e_step(X, params).nk, rtol=1e-12)
@@ -86,10 +89,10 @@ def test_component_with_zero_weight_gets_no_responsibility():
 
 def test_far_rows_get_exact_zero_responsibilities_not_subnormals():
     # one component far away: its responsibilities are below e^-700 and flushed
-    params = K.Params(np.array([0.5, 0.5]), np.array([[0.0], [1e3]]),
-                      K.precision_cholesky(np.ones((2, 1, 1)), "full"), "full")
+    params = Params(np.array([0.5, 0.5]), np.array([[0.0], [1e3]]),
+                      precision_cholesky(np.ones((2, 1, 1)), "full"), "full")
     X = np.linspace(-1, 1, 50)[:, None]
-    stats = K.chunk_pass(X, [K.EStep(params)])[0]
+    stats = chunk_pass(X, [EStep(params)])[0]
     assert stats.nk[1] == 0.0
     assert stats.nk[0] == pytest.approx(50.0, rel=1e-15)
 

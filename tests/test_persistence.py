@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from dask_gmm import (GaussianMixture, GaussianMixtureSweep, ModelFormatError, load)
+from dask_gmm import GaussianMixture, GaussianMixtureSweep, ModelFormatError, load
 
 from .helpers import COVARIANCE_TYPES, blobs
 

@@ -166,7 +166,10 @@ def test_sigterm_during_predict_stops_and_leaves_nothing(tmp_path):
                     str(tmp_path / "labels.zarr"), "--proba", "--scheduler", scheduler,
                     "--chunk-rows", "2000", "--no-progress"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            start_new_session=True,
+            # as from a terminal: a shell running this suite in the background
+            # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not any(
@@ -312,7 +315,7 @@ def test_forged_sweep_best_index_is_refused(tmp_path):
     sweep.save(tmp_path / "s.npz")
     for best in (7, 1 - sweep.best_index_):
         forged = _rewrite(tmp_path / "s.npz", tmp_path / f"s{best}.npz",
-                          header=lambda m: m["fitted"].update(best_index_=best))
+                          header=lambda m, best=best: m["fitted"].update(best_index_=best))
         with pytest.raises(ModelFormatError, match="best_index_"):
             load(forged)
 

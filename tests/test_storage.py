@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dask_gmm import GaussianMixture
-from dask_gmm import open_array
+from dask_gmm import GaussianMixture, open_array
 
 from .helpers import blobs, reference_inits
 
@@ -53,9 +52,9 @@ def test_h5py_dataset_fits_like_numpy(tmp_path):
 
 
 def test_stores_are_read_in_row_chunks_never_whole(tmp_path, monkeypatch):
-    from dask_gmm import _validation
+    from dask_gmm import io
 
-    monkeypatch.setattr(_validation, "TARGET_CHUNK_BYTES", 300 * 3 * 8)
+    monkeypatch.setattr(io, "TARGET_CHUNK_BYTES", 300 * 3 * 8)
     X, _ = blobs(3000)
     store = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=X.shape,
                             chunks=(100, 3), dtype=X.dtype)

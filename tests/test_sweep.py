@@ -5,12 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from dask.callbacks import Callback
 from sklearn.datasets import make_blobs
 
 from dask_gmm import GaussianMixture, GaussianMixtureSweep, InvalidParameterError
 from dask_gmm.sweep import plot_criterion
-
-from dask.callbacks import Callback
 
 from .helpers import count_computes
 from .test_storage import ReadCounter

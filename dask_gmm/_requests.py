@@ -1,0 +1,288 @@
+r"""Pass requests: what one pass over the data computes from every row chunk.
+
+How an EM round runs
+--------------------
+A fit is a *step generator* (``GaussianMixture._fit_steps``): it ``yield``\ s a
+request and receives its answer, once per round. :func:`~dask_gmm._engine.run_together`
+collects the pending request of every running fit (one, or a sweep's dozens),
+builds one dask graph for the round and computes it once:
+
+1. **chunk** -- one task per row chunk runs :func:`chunk_pass`: the chunk is
+   walked in row blocks (``_estep``), and each :class:`PassRequest` adds every
+   block into its own :class:`~dask_gmm._stats.SuffStats`. Several requests on
+   one chunk share the read, the row checks and the shifted rows.
+2. **combine** -- a tree of :func:`~dask_gmm._stats.combine_stat_lists` tasks
+   adds the chunks' statistics (associative, any tree shape).
+3. **aggregate** -- on the client, the fit that asked turns its statistics into
+   parameters: :func:`~dask_gmm._mstep.m_step` for an EM iteration.
+
+A request is either a :class:`PassRequest` (answered with its combined
+``SuffStats``) or a :class:`TakeRows` (answered with the rows themselves, an
+ndarray; for seeding). A new model -- a variational E-step, a missing-value
+E-step -- is a new ``PassRequest`` and a new M-step, not a new engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._estep import (
+    RowBlock,
+    block_rows,
+    check_rows,
+    chunk_shift,
+    chunk_where,
+    full_e_step,
+    params_row_width,
+    responsibilities,
+    row_blocks,
+    weighted_log_prob,
+    weighted_sum,
+)
+from ._stats import accumulate, empty_stats
+
+
+class PassRequest:
+    """The protocol every pass request implements (``yield request`` -> ``SuffStats``).
+
+    One request object is shared by every chunk task of a pass, and tasks run
+    in parallel threads: a request holds only what the pass needs (parameters,
+    centers, a seed) and never per-chunk state; that lives in the *context*
+    :meth:`start_chunk` returns, which :func:`chunk_pass` keeps and hands back
+    with every block of the chunk.
+    """
+
+    def row_width(self):
+        """float64 numbers of temporaries per row, which sizes the row blocks.
+
+        Returns
+        -------
+        int
+        """
+        raise NotImplementedError
+
+    def empty(self, n_features, shift):
+        """Zero statistics about the chunk's ``shift`` for this request to fill.
+
+        Parameters
+        ----------
+        n_features : int
+        shift : ndarray of shape (D,)
+
+        Returns
+        -------
+        SuffStats
+        """
+        raise NotImplementedError
+
+    def start_chunk(self, chunk_index):
+        """Per-chunk state (e.g. a random stream), or None; called once per chunk.
+
+        Parameters
+        ----------
+        chunk_index : int or None
+            The chunk's position among the row chunks.
+        """
+        return None
+
+    def accumulate(self, block, stats, context):
+        """Add one row block into ``stats`` in place.
+
+        Parameters
+        ----------
+        block : RowBlock
+            Rows as stored, their shifted float64 copy ``Y``, weights ``w``.
+        stats : SuffStats
+            This request's statistics for the chunk, from :meth:`empty`.
+        context : object
+            What :meth:`start_chunk` returned for this chunk.
+
+        Returns
+        -------
+        float or None
+            The block's share of ``stats.log_likelihood`` (summed exactly by
+            :func:`chunk_pass`), or None when the request has none.
+        """
+        raise NotImplementedError
+
+
+class TakeRows:
+    """Request for the rows at sorted ``indices``; answered with an ndarray.
+
+    Not a :class:`PassRequest`: it reads only the chunks that hold the rows, in
+    the same round as the passes of other fits (``ChunkedRows.take_rows``).
+
+    Parameters
+    ----------
+    indices : array-like of int, sorted
+    """
+
+    def __init__(self, indices):
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+
+class EStep(PassRequest):
+    """E-step plus the partial M-step sums under ``params`` (one EM iteration)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def row_width(self):
+        if self.params.covariance_type == "full":  # the compiled kernel works in tiles
+            return self.params.means.shape[1]
+        return params_row_width(self.params)
+
+    def empty(self, n_features, shift):
+        return empty_stats(len(self.params.weights), n_features,
+                           self.params.covariance_type, shift)
+
+    def accumulate(self, block, stats, context=None):
+        if self.params.covariance_type == "full":
+            return full_e_step(block, self.params, stats)
+        with np.errstate(invalid="ignore", over="ignore"):
+            R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
+        accumulate(stats, block, R)
+        return weighted_sum(log_norm, block.w)
+
+
+class HardAssignment(PassRequest):
+    """A k-means (Lloyd) step: each row belongs wholly to its nearest center.
+
+    ``log_likelihood`` holds minus the weighted inertia. With
+    ``second_moments=True`` the statistics also give the mixture parameters
+    of that hard assignment (the 'kmeans' initialisation).
+    """
+
+    def __init__(self, centers, covariance_type, second_moments=True):
+        self.centers = centers
+        self.covariance_type = covariance_type
+        self.second_moments = second_moments
+
+    def row_width(self):
+        n_components, n_features = self.centers.shape
+        if self.covariance_type == "full" and self.second_moments:
+            return max(n_components, n_features * (n_features + 1) // 2)
+        return max(n_components, n_features)
+
+    def empty(self, n_features, shift):
+        return empty_stats(len(self.centers), n_features, self.covariance_type, shift,
+                           self.second_moments)
+
+    def accumulate(self, block, stats, context=None):
+        centers = self.centers - stats.shift
+        Y = block.Y
+        dist = Y @ centers.T
+        dist *= -2.0
+        dist += np.einsum("kd,kd->k", centers, centers)
+        labels = dist.argmin(axis=1)
+        rows = np.arange(block.n)
+        closest = dist[rows, labels] + np.einsum("nd,nd->n", Y, Y)
+        R = np.zeros((block.n, len(centers)))
+        R[rows, labels] = 1.0
+        accumulate(stats, block, R)
+        return -weighted_sum(closest, block.w)
+
+
+class RandomResponsibilities(PassRequest):
+    """Sums for uniform random responsibilities (the 'random' initialisation).
+
+    Each chunk draws from its own generator, seeded by ``(seed, chunk index)``,
+    so the result depends on the seed and the chunking only.
+    """
+
+    def __init__(self, n_components, covariance_type, seed):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.seed = seed
+
+    def row_width(self):
+        return self.n_components
+
+    def empty(self, n_features, shift):
+        return empty_stats(self.n_components, n_features, self.covariance_type, shift)
+
+    def start_chunk(self, chunk_index):
+        """This chunk's random stream: the context of every block of the chunk."""
+        return np.random.default_rng([self.seed, chunk_index or 0])
+
+    def accumulate(self, block, stats, context):
+        resp = context.uniform(size=(block.n, self.n_components))
+        resp /= resp.sum(axis=1, keepdims=True)
+        accumulate(stats, block, resp)
+        return None
+
+
+class LogLikelihood(PassRequest):
+    """Only ``n`` and ``sum(weight * log p(x))`` under ``params`` (for BIC/AIC)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def row_width(self):
+        return params_row_width(self.params)
+
+    def empty(self, n_features, shift):
+        return empty_stats(0, n_features, "spherical", shift, second_moments=False)
+
+    def accumulate(self, block, stats, context=None):
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
+        stats.n += block.total_weight()
+        return weighted_sum(log_norm, block.w)
+
+
+def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
+    """Every request's statistics from one chunk: the ``chunk`` function of a pass.
+
+    The rows are converted, shifted and checked once, and the quadratic
+    features built once, for all requests.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+        One row chunk, any float dtype.
+    requests : list of PassRequest
+    sample_weight : ndarray of shape (n,) or None
+    row_start : int
+        Index of ``X[0]`` in the whole input (for error messages).
+    chunk_index : int or None
+        Which chunk this is (for error messages and random streams).
+
+    Returns
+    -------
+    list of SuffStats
+        One per request, in order.
+    """
+    n_features = X.shape[1]
+    shift = chunk_shift(X)
+    stats = [request.empty(n_features, shift) for request in requests]
+    # Per-chunk state lives here, never on the requests: one request object is
+    # shared by every chunk task, and tasks run in parallel threads.
+    contexts = [request.start_chunk(chunk_index) for request in requests]
+    # per-block log-likelihood contributions, summed exactly at the end
+    partials = [[] for _ in requests]
+    rows_per_block = block_rows(max(r.row_width() for r in requests))
+    for start, rows, w in row_blocks(X, sample_weight, rows_per_block):
+        check_rows(rows, row_start + start, chunk_where(chunk_index))
+        block = RowBlock(rows, shift, w, start)
+        for request, st, context, partial in zip(requests, stats, contexts, partials):
+            contribution = request.accumulate(block, st, context)
+            if contribution is not None:
+                partial.append(contribution)
+    for st, partial in zip(stats, partials):
+        st.log_likelihood = math.fsum(partial)
+    return stats
+
+
+def e_step_stats(X, params, sample_weight=None, row_start=0, chunk_index=None):
+    """One chunk's E-step statistics (a single-request :func:`chunk_pass`)."""
+    return chunk_pass(X, [EStep(params)], sample_weight, row_start, chunk_index)[0]
+
+
+def hard_assignment_stats(X, centers, covariance_type, sample_weight=None,
+                          second_moments=True):
+    """One chunk's k-means statistics (a single-request :func:`chunk_pass`)."""
+    request = HardAssignment(centers, covariance_type, second_moments)
+    return chunk_pass(X, [request], sample_weight)[0]

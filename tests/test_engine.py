@@ -1,0 +1,155 @@
+"""The engine on its own: rounds, one compute per round, isolation, and the initialisations."""
+
+import dask
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+
+from dask_gmm import GaussianMixture
+from dask_gmm._engine import ChunkedRows, run_together
+from dask_gmm._init import draw_rows, initial_params
+from dask_gmm._mstep import m_step
+from dask_gmm._requests import EStep, HardAssignment, PassRequest, TakeRows
+
+from .helpers import as_dask, blobs, count_computes
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, _ = blobs(1200)
+    return X, ChunkedRows(as_dask(X, 250))
+
+
+def em_steps(params, n_iter, fail_at=None, error=ValueError):
+    """A minimal fit: ``n_iter`` E-steps, raising ``error`` before pass ``fail_at``."""
+    for i in range(n_iter):
+        if i == fail_at:
+            raise error("stop here")
+        stats = yield EStep(params)
+        params, lower_bound = m_step(stats, "diag", 1e-6, np.finfo(float).eps)
+    return lower_bound
+
+
+def start(X):
+    model = GaussianMixture(3, covariance_type="diag", max_iter=0, random_state=0).fit(X)
+    return model._current_params()
+
+
+def test_every_request_class_implements_the_protocol():
+    from dask_gmm import _requests
+
+    classes = [getattr(_requests, name) for name in ("EStep", "HardAssignment",
+                                                     "RandomResponsibilities",
+                                                     "LogLikelihood")]
+    for cls in classes:
+        assert issubclass(cls, PassRequest)
+        for method in ("row_width", "empty", "accumulate"):
+            assert getattr(cls, method) is not getattr(PassRequest, method), (cls, method)
+    assert not issubclass(TakeRows, PassRequest)
+
+
+def test_one_compute_per_round_whatever_the_number_of_fits(data):
+    X, rows = data
+    params = start(X)
+    rounds = []
+    with count_computes() as computes:
+        results = run_together(rows, [em_steps(params, 3), em_steps(params, 5),
+                                      em_steps(params, 1)], on_round=rounds.append)
+    assert len(computes) == 5 == len(rounds)
+    assert rounds == [2, 2, 1, 1, 0]  # fits still running after each round
+    assert results[0] == pytest.approx(results[1], abs=0.2)
+
+
+def test_rows_and_passes_share_a_round(data):
+    X, rows = data
+
+    def wants_rows():
+        taken = yield TakeRows(np.array([0, 7, 900]))
+        return taken
+
+    params = start(X)
+    with count_computes() as computes:
+        taken, _ = run_together(rows, [wants_rows(), em_steps(params, 1)])
+    assert len(computes) == 1
+    np.testing.assert_array_equal(taken, X[[0, 7, 900]])
+
+
+def test_an_isolated_error_ends_only_its_fit(data):
+    X, rows = data
+    params = start(X)
+    results = run_together(rows, [em_steps(params, 4, fail_at=2), em_steps(params, 4)],
+                           isolate=(ValueError,))
+    assert isinstance(results[0], ValueError) and str(results[0]) == "stop here"
+    assert isinstance(results[1], float)
+
+
+def test_a_fatal_error_ends_every_fit(data):
+    X, rows = data
+
+    class Fatal(ValueError):
+        pass
+
+    params = start(X)
+    with pytest.raises(Fatal):
+        run_together(rows, [em_steps(params, 4, fail_at=1, error=Fatal),
+                            em_steps(params, 4)], isolate=(ValueError,), fatal=(Fatal,))
+    with pytest.raises(ValueError, match="stop here"):  # isolate=() lets every error out
+        run_together(rows, [em_steps(params, 4, fail_at=1)], isolate=())
+
+
+def run_init(X, init_params, chunks, seed=0, covariance_type="full"):
+    rows = ChunkedRows(as_dask(X, chunks))
+    steps = initial_params(rows, init_params, 4, covariance_type, 1e-6,
+                           np.finfo(float).eps, False, np.random.RandomState(seed))
+    with count_computes() as computes:
+        (params,) = run_together(rows, [steps], isolate=())
+    return params, len(computes)
+
+
+def test_kmeans_start_equals_scikit_learn_on_data_within_the_sample():
+    X, _ = blobs(1500)
+    params, _ = run_init(X, "kmeans", 300)
+    reference = SklearnGaussianMixture(4, random_state=0, max_iter=0).fit(X)
+    np.testing.assert_allclose(params.means, reference.means_, rtol=1e-6)
+    np.testing.assert_allclose(params.weights, reference.weights_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("init_params, reads", [("k-means++", 1), ("random_from_data", 1),
+                                                ("random", 1), ("kmeans", 2)])
+def test_each_start_reads_the_data_a_few_times(init_params, reads):
+    X, _ = blobs(1500)
+    _, computes = run_init(X, init_params, 300)
+    assert computes == reads
+
+
+def test_random_start_depends_on_seed_and_chunking_only():
+    X, _ = blobs(1500)
+    first, _ = run_init(X, "random", 300, seed=3)
+    with dask.config.set(scheduler="sync"):
+        again, _ = run_init(X, "random", 300, seed=3)
+    other, _ = run_init(X, "random", 300, seed=4)
+    np.testing.assert_array_equal(first.means, again.means)
+    assert not np.allclose(first.means, other.means)
+
+
+def test_draw_rows_keeps_the_order_asked_for(data):
+    X, rows = data
+    indices = np.array([900, 3, 250, 249])
+    (drawn,) = run_together(rows, [draw_rows(rows, indices)], isolate=())
+    np.testing.assert_array_equal(drawn, X[indices])
+
+
+def test_hard_assignment_step_matches_a_direct_computation(data):
+    X, rows = data
+    centers = X[[0, 400, 800]]
+
+    def one_step():
+        stats = yield HardAssignment(centers, "diag", second_moments=False)
+        return stats
+
+    (stats,) = run_together(rows, [one_step()], isolate=())
+    labels = ((X[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+    np.testing.assert_allclose(stats.nk, np.bincount(labels, minlength=3))
+    means = stats.shift + stats.s1 / stats.nk[:, None]
+    expected = np.array([X[labels == k].mean(axis=0) for k in range(3)])
+    np.testing.assert_allclose(means, expected, rtol=1e-10)

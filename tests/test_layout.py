@@ -1,0 +1,59 @@
+"""The package's layout stays one a newcomer can read: no import circles, short modules."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "dask_gmm"
+MAX_LINES = 550
+
+
+def package_imports():
+    """module -> the package's modules it imports, at the top or inside functions."""
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    graph = {}
+    for name in modules:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    targets.add(node.module.split(".")[0])
+                else:
+                    targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "dask_gmm."):
+                targets.add(node.module.split(".")[1])
+        graph[name] = targets & modules
+    return graph
+
+
+def test_no_module_imports_a_module_that_imports_it_back():
+    graph = package_imports()
+    cycles = []
+
+    def visit(node, path):
+        for target in graph[node]:
+            if target == path[0]:
+                cycles.append(path + [target])
+            elif target not in path and len(path) < len(graph):
+                visit(target, path + [target])
+
+    for start in graph:
+        visit(start, [start])
+    assert cycles == []
+
+
+def test_modules_stay_short():
+    lengths = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
+
+
+def test_the_code_is_clean_under_the_configured_linter():
+    """ruff, configured in pyproject.toml, over the package, tests and benchmarks."""
+    ruff = Path(sys.executable).with_name("ruff")
+    command = [str(ruff)] if ruff.exists() else [sys.executable, "-m", "ruff"]
+    result = subprocess.run(command + ["check", "--no-cache", str(PACKAGE.parent)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
