@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 from time import perf_counter
 
 import dask
@@ -143,6 +144,7 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
     return outcome
 
 
+@dataclass
 class Checkpointer:
     """Saves one initialisation's EM state after every iteration (see ``checkpoint``).
 
@@ -150,20 +152,21 @@ class Checkpointer:
     pass after resuming is compared with them, which catches changed data.
     """
 
-    def __init__(self, path, fingerprint, init, random_state, best, resumed_sums=None):
-        self.path = path
-        self.fingerprint = fingerprint
-        self.init = init
-        self.random_state = random_state
-        self.best = best
-        self.resumed_sums = resumed_sums
+    path: object
+    fingerprint: dict
+    init: int
+    random_state: np.random.RandomState
+    best: InitResult | None
+    resumed_sums: tuple | None = None
 
     def check_pass(self, stats):
+        """Compare the first pass after resuming with the checkpoint's data sums."""
         if self.resumed_sums is not None:
             check_data_sums(self.path, self.resumed_sums, stats)
             self.resumed_sums = None
 
     def save(self, state, finished, stats):
+        """Write ``state`` (an InitResult) and this pass's data sums."""
         save_state(self.path, self.fingerprint, FitState(
             self.init, state.n_iter, state.lower_bound, state.lower_bounds, finished,
             state.params, self.random_state.get_state(), self.best, pass_sums(stats),
