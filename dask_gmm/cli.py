@@ -104,6 +104,8 @@ def save_model_or_keep(model, path, overwrite):
     try:
         return model.save(path, overwrite=overwrite)
     except OSError as error:
+        if getattr(error, "kept", None):  # the finished file is already kept beside it
+            raise
         fallback = os.path.join(tempfile.mkdtemp(prefix="dask-gmm-model-"),
                                 os.path.basename(os.fspath(path)) or "model.npz")
         model.save(fallback)
