@@ -156,7 +156,8 @@ def test_sigterm_during_predict_stops_and_leaves_nothing(tmp_path):
                         "--n-components", 4, "--chunk-rows", 2000).returncode == 0
     rng = np.random.RandomState(0)
     X = rng.normal(size=(2000, 8))
-    GaussianMixture(40, random_state=0, max_iter=2).fit(X).save(tmp_path / "m.npz")
+    # enough components that a predict runs for seconds: the signal must land mid-way
+    GaussianMixture(120, random_state=0, max_iter=2).fit(X).save(tmp_path / "m.npz")
     base = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "dask_gmm"]
     for scheduler, signum, code in (("threads", signal.SIGTERM, 143),
                                     ("threads", signal.SIGINT, 130),
