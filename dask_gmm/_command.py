@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
 import re
@@ -59,7 +60,7 @@ class Settings:
         self.chunk_rows = chunk_rows
 
 
-def _one_line(error):
+def one_line(error):
     """The error as one line: its message, or its type and message when unexpected."""
     if isinstance(error, KeyError) and error.args:
         text = str(error.args[0])
@@ -108,8 +109,9 @@ def command_options(scheduler=True, progress=True, verbose=True):
     def decorate(command):
         @functools.wraps(command)
         def wrapper(**kwargs):
+            names = inspect.signature(Settings).parameters
             settings = Settings(**{name: kwargs.pop(name) for name in list(kwargs)
-                                   if name in SETTING_NAMES})
+                                   if name in names})
             return run_command(command, settings, kwargs)
 
         options = []
@@ -156,10 +158,6 @@ def command_options(scheduler=True, progress=True, verbose=True):
     return decorate
 
 
-SETTING_NAMES = ("verbose", "progress", "scheduler", "n_workers", "threads_per_worker",
-                 "memory_limit", "dashboard", "timeout", "chunk_rows")
-
-
 def run_command(command, settings, kwargs):
     """Run a subcommand: one line on stderr and exit 1 on error, 130/143 on a signal."""
     _configure_logging(settings.verbose)
@@ -178,7 +176,7 @@ def run_command(command, settings, kwargs):
     except Exception as error:  # noqa: BLE001 - every failure is one line (-v: traceback)
         if settings.verbose:
             traceback.print_exc()
-        click.echo(f"Error: {_one_line(error)}", err=True)
+        click.echo(f"Error: {one_line(error)}", err=True)
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -216,7 +214,7 @@ def em_options(command):
     return command
 
 
-def _plural(count, word):
+def plural(count, word):
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
@@ -256,8 +254,8 @@ def scheduler_context(settings, X=None):
                              {"dashboard_address": ":0"},
                              processes=True, silence_logs=logging.CRITICAL) as cluster, \
                 Client(cluster) as client:
-            logger.info("local cluster: %s x %s", _plural(n_workers, "worker"),
-                        _plural(threads, "thread"))
+            logger.info("local cluster: %s x %s", plural(n_workers, "worker"),
+                        plural(threads, "thread"))
             if dashboard:
                 click.echo(f"dashboard: {client.dashboard_link}", err=True)
             if X is not None:
@@ -269,7 +267,7 @@ def scheduler_context(settings, X=None):
     except (OSError, TimeoutError) as error:
         raise ConnectionError(
             f"Could not reach the dask scheduler at {choice} within {settings.timeout:g} s "
-            f"({_one_line(error)}). Is it running? (--timeout to wait longer)"
+            f"({one_line(error)}). Is it running? (--timeout to wait longer)"
         ) from None
     with client:
         logger.info("dashboard: %s", client.dashboard_link)

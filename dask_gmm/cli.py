@@ -22,10 +22,10 @@ import numpy as np
 
 from . import paths
 from ._command import (
-    _one_line,
-    _plural,
     command_options,
     em_options,
+    one_line,
+    plural,
     scheduler_context,
 )
 from ._options import COVARIANCE_TYPES
@@ -109,7 +109,7 @@ def save_model_or_keep(model, path, overwrite):
         fallback = os.path.join(tempfile.mkdtemp(prefix="dask-gmm-model-"),
                                 os.path.basename(os.fspath(path)) or "model.npz")
         model.save(fallback)
-        raise OSError(f"Could not write the model to '{path}' ({_one_line(error)}); it was "
+        raise OSError(f"Could not write the model to '{path}' ({one_line(error)}); it was "
                       f"saved to '{fallback}' instead.") from None
 
 
@@ -150,7 +150,6 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
     """
     from .synthetic import write_mixture
 
-    paths.check_output(out, overwrite, paths.GENERATED, option="OUT")
     start = time.perf_counter()
     write_mixture(out, n_samples, n_features, n_components, covariance_type, seed,
                   rows_per_chunk, separation, int(zarr_format), overwrite,
@@ -383,8 +382,8 @@ def demo(settings, n_samples, out_dir):
         if client is not None:
             workers = client.scheduler_info()["workers"].values()
             threads = sum(w["nthreads"] for w in workers) // max(1, len(workers))
-            where = (f"{client.scheduler.address}, {_plural(len(workers), 'worker')} x "
-                     f"{_plural(threads, 'thread')}")
+            where = (f"{client.scheduler.address}, {plural(len(workers), 'worker')} x "
+                     f"{plural(threads, 'thread')}")
         else:
             where = "in this process"
         click.echo(f"2. scheduler: {settings.scheduler} ({where})")

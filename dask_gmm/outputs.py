@@ -90,10 +90,6 @@ def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index)
     return len(block)
 
 
-def _compute_chunk(block, params, names, dtype, row_start, chunk_index):
-    return predict_chunk(block, params, names, dtype, row_start, chunk_index)
-
-
 def _shapes(n_samples, n_components, names, dtype):
     shapes = {"labels": ((n_samples,), np.dtype(np.int64)),
               "proba": ((n_samples, n_components), np.dtype(dtype)),
@@ -175,7 +171,7 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
                      for i, (b, s) in enumerate(zip(blocks, starts))]
             run_chunk_tasks(tasks, lambda i, rows: progress and progress(rows), client)
         else:
-            task = dask.delayed(_compute_chunk, pure=False)
+            task = dask.delayed(predict_chunk, pure=False)
             tasks = [task(b, params, names, dtype, int(s), i)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
             with _create_hdf5(temporary, shapes, chunk_rows, source) as handle:
