@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import warnings
 from dataclasses import dataclass
 from time import perf_counter
@@ -27,6 +26,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._engine import (
     ChunkedRows,
+    active_client,
+    check_chunks_fit_workers,
+    join_features,
     predict_block,
     predict_proba_block,
     run_together,
@@ -34,7 +36,8 @@ from ._engine import (
 )
 from ._requests import TakeRows
 from ._stats import pass_sums
-from ._validation import check_sample_weight, check_X, numpy_row_chunks
+from ._validation import check_kept_rows, check_sample_weight, check_X, numpy_row_chunks
+from ._xarray import xarray_kind
 from .checkpoint import (
     CheckpointMismatchError,
     FitState,
@@ -49,68 +52,20 @@ from .persistence import save_model, to_sklearn
 
 logger = logging.getLogger("dask_gmm")
 
-# What a chunk task needs besides its chunk: the worker process itself (Python,
-# numpy, dask, numba), row-block temporaries and the statistics.
-WORKER_BASE_BYTES = 200 * 2**20
-# distributed pauses a worker at 80% of its memory limit.
-WORKER_USABLE_SHARE = 0.8
-
-
-def prepare_rows(X, lazy, sample_weight):
+def prepare_rows(X, lazy, sample_weight, layout=None, nan_policy="raise"):
     """Validated ``X`` (numpy or dask) and weights as :class:`ChunkedRows`."""
-    sample_weight = check_sample_weight(sample_weight, X, lazy)
+    sample_weight = check_sample_weight(sample_weight, X, lazy, layout)
     if not lazy:
         n_samples, n_features = X.shape
         rows = numpy_row_chunks(n_samples, n_features, X.dtype.itemsize)
         X = da.from_array(X, chunks=(rows, n_features))
         if sample_weight is not None:
             sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
-    return ChunkedRows(X, sample_weight)
+    return ChunkedRows(X, sample_weight, omit_nan=nan_policy == "omit")
 
 
-def check_chunks_fit_workers(X, client):
-    """Refuse at once chunks that a worker's memory limit cannot hold.
-
-    A worker over its limit is restarted and its task retried, again and
-    again: without this check a too-small limit looks like a hang.
-
-    Parameters
-    ----------
-    X : dask.array.Array
-    client : distributed.Client
-    """
-    limits = [w.get("memory_limit") or 0
-              for w in client.scheduler_info()["workers"].values()]
-    limits = [limit for limit in limits if limit > 0]
-    if not limits or X.ndim != 2:
-        return
-    chunk_bytes = max(X.chunks[0]) * X.shape[1] * X.dtype.itemsize
-    needed = 2 * chunk_bytes + WORKER_BASE_BYTES
-    usable = WORKER_USABLE_SHARE * min(limits)
-    if needed > usable:
-        mib = 2**20
-        raise MemoryError(
-            f"Row chunks of {chunk_bytes / mib:.1f} MiB need about {needed / mib:.0f} MiB "
-            f"in a worker (the chunk, its temporaries and the worker process), but the "
-            f"smallest worker memory limit is {min(limits) / mib:.0f} MiB (work pauses "
-            f"at {usable / mib:.0f} MiB). Raise the limit (--memory-limit) or read "
-            f"smaller chunks (--chunk-rows, or open_array(..., chunks=ROWS))."
-        )
-
-
-def _active_client():
-    """The ``distributed.Client`` dask would use, or None (never imports distributed)."""
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import get_client
-
-    try:
-        return get_client()
-    except ValueError:
-        return None
-
-
-def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=None):
+def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=None,
+                  feature_dim=None):
     """Fit ``estimator`` on ``X``; on any error it is left exactly as it was.
 
     Parameters
@@ -122,6 +77,8 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
         Called after every pass over the data (for progress bars).
     checkpoint : str or path-like or None
         See :meth:`BaseMixture.fit`.
+    feature_dim : str or None
+        See :meth:`BaseMixture.fit`.
 
     Returns
     -------
@@ -130,9 +87,10 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
     snapshot = dict(estimator.__dict__)
     try:
         estimator._validate_hyperparameters()
-        X, lazy = check_X(estimator, X, reset=True, ensure_min_samples=2)
-        data = prepare_rows(X, lazy, sample_weight)
-        client = _active_client()
+        X, lazy, layout = check_X(estimator, X, reset=True, ensure_min_samples=2,
+                                  feature_dim=feature_dim)
+        data = prepare_rows(X, lazy, sample_weight, layout, estimator.nan_policy)
+        client = active_client()
         if client is not None and dask.config.get("scheduler", None) is None:
             check_chunks_fit_workers(data.array, client)
         steps = estimator._fit_steps(data, X.dtype, checkpoint=checkpoint)
@@ -183,7 +141,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     # ---------------------------------------------------------------- fitting
 
-    def fit(self, X, y=None, sample_weight=None, checkpoint=None):
+    def fit(self, X, y=None, sample_weight=None, checkpoint=None, feature_dim=None):
         """Estimate the model parameters with the EM algorithm.
 
         Fits ``n_init`` times and keeps the initialisation with the largest
@@ -192,7 +150,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like, dask array, zarr array or h5py dataset of shape \
-                (n_samples, n_features)
+                (n_samples, n_features), or an xarray DataArray or Dataset
+            An N-D ``DataArray`` (e.g. ``(time, y, x, band)``) is taken as samples
+            over every dim but ``feature_dim``; a ``Dataset`` gives one feature
+            per data variable. Features may lie in separate chunks.
         y : Ignored
         sample_weight : array-like or dask array of shape (n_samples,), default=None
             Non-negative weight of each row; an integer weight counts as that
@@ -202,22 +163,29 @@ class BaseMixture(DensityMixin, BaseEstimator):
             atomically). Fitting again with the same file resumes where it
             stopped and ends at the same parameters as an uninterrupted fit; a
             checkpoint made for other data or parameters is refused.
+        feature_dim : str, default=None
+            The dim of an xarray ``X`` holding the features. Needed for a
+            DataArray of more than two dims; a 2-D one takes its second dim.
+            Remembered (``feature_dim_``), so prediction needs no argument.
 
         Returns
         -------
         self
         """
-        return fit_estimator(self, X, sample_weight=sample_weight, checkpoint=checkpoint)
+        return fit_estimator(self, X, sample_weight=sample_weight, checkpoint=checkpoint,
+                             feature_dim=feature_dim)
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(self, X, y=None, sample_weight=None, feature_dim=None):
         """Fit, then label every row with the final parameters.
 
         Returns
         -------
         labels : ndarray or dask array of shape (n_samples,)
-            Lazy (a dask array chunked like ``X``) for dask input.
+            Lazy (a dask array chunked like ``X``) for dask input; a DataArray
+            over the sample dims for xarray input.
         """
-        return self.fit(X, y, sample_weight=sample_weight).predict(X)
+        return self.fit(X, y, sample_weight=sample_weight,
+                        feature_dim=feature_dim).predict(X)
 
     def _fit_steps(self, data, dtype, checkpoint=None):
         """Step generator of a whole fit: yields passes, sets the attributes at the end.
@@ -231,7 +199,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         checkpoint : str or path-like, optional
             Where to keep the EM state after every iteration, and to resume from.
         """
-        n_samples, n_features = data.array.shape
+        n_samples, n_features = data.shape
         if n_samples < self.n_components:
             raise ValueError(
                 "Expected n_samples >= n_components "
@@ -302,13 +270,13 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _fingerprint(self, data, dtype):
         """Step generator: what a checkpoint must match (parameters, data digest)."""
-        n_samples = data.array.shape[0]
+        n_samples = data.shape[0]
         edge = min(4, n_samples)
         indices = np.unique(np.r_[np.arange(edge), np.arange(n_samples - edge, n_samples)])
         rows = yield TakeRows(indices)
         return {
             "estimator": estimator_fingerprint(self),
-            "data": data_fingerprint(data.array.shape, dtype, rows, rows[:0],
+            "data": data_fingerprint(data.shape, dtype, rows, rows[:0],
                                      data.weight_blocks[0] is not None),
         }
 
@@ -353,6 +321,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         for n_iter in range(start.n_iter + 1, self.max_iter + 1):
             began = perf_counter()
             stats = yield self._e_step_request(state.params)
+            if data.omit_nan:
+                check_kept_rows(stats.rows, self.n_components, data.shape[0])
             if checkpointer is not None:
                 checkpointer.check_pass(stats)
             params, lower_bound = self._m_step(stats, eps, float32_input)
@@ -403,81 +373,120 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     # -------------------------------------------------------------- prediction
 
-    def _rowwise(self, X, block_fn, dtype_out, extra_dim=None):
-        """Apply ``block_fn(block, params)`` lazily on dask input, eagerly otherwise."""
+    def _rowwise(self, X, block_fn, dtype_out, name, extra_dim=None):
+        """Apply ``block_fn(block, params, omit_nan)`` to every block of samples.
+
+        Lazy on dask input (one task per block, features joined in it), eager
+        otherwise; xarray input gets a DataArray on its sample dims back.
+        """
         check_is_fitted(self)
-        X, lazy = check_X(self, X, reset=False)
+        X, lazy, layout = check_X(self, X, reset=False)
         params = self._current_params()
+        omit = self.nan_policy == "omit"
         if not lazy:
-            return block_fn(X, params)
-        if extra_dim is None:
-            return X.map_blocks(block_fn, params, drop_axis=1, dtype=dtype_out)
-        return X.map_blocks(
-            block_fn, params, chunks=(X.chunks[0], (extra_dim,)), dtype=dtype_out
-        )
+            out = block_fn(X, params, omit)
+            if layout is not None:
+                out = out.reshape(layout.shape + out.shape[1:])
+        else:
+            X = join_features(X)
+            if extra_dim is None:
+                out = X.map_blocks(block_fn, params, omit, drop_axis=X.ndim - 1,
+                                   dtype=dtype_out)
+            else:
+                out = X.map_blocks(block_fn, params, omit,
+                                   chunks=X.chunks[:-1] + ((extra_dim,),), dtype=dtype_out)
+        if layout is not None:
+            return layout.wrap(out, name, "component" if extra_dim is not None else None)
+        return out
 
     def predict(self, X):
-        """Most likely component of each row.
+        """Most likely component of each sample.
+
+        With ``nan_policy='omit'``, samples holding NaN get -1.
 
         Returns
         -------
-        labels : ndarray or dask array of shape (n_samples,), int64
+        labels : ndarray, dask array or DataArray of shape (n_samples,), int64
+            A DataArray over the sample dims for xarray input.
         """
-        return self._rowwise(X, predict_block, np.int64)
+        return self._rowwise(X, predict_block, np.int64, "labels")
 
     def predict_proba(self, X):
-        """Posterior probability of each component for each row.
+        """Posterior probability of each component for each sample.
+
+        With ``nan_policy='omit'``, samples holding NaN get NaN.
 
         Returns
         -------
-        resp : ndarray or dask array of shape (n_samples, n_components)
+        resp : ndarray, dask array or DataArray of shape (n_samples, n_components)
+            For xarray input, the sample dims plus a ``component`` dim.
         """
         dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
 
-        def block_fn(block, params, block_info=None):
-            return predict_proba_block(block, params, block.dtype, block_info)
+        def block_fn(block, params, omit, block_info=None):
+            return predict_proba_block(block, params, block.dtype, omit, block_info)
 
-        return self._rowwise(X, block_fn, dtype, extra_dim=self._n_components_fitted())
+        return self._rowwise(X, block_fn, dtype, "proba",
+                             extra_dim=self._n_components_fitted())
 
     def score_samples(self, X):
-        """Log-likelihood of each row under the model.
+        """Log-likelihood of each sample under the model.
+
+        With ``nan_policy='omit'``, samples holding NaN get NaN.
 
         Returns
         -------
-        log_prob : ndarray or dask array of shape (n_samples,)
+        log_prob : ndarray, dask array or DataArray of shape (n_samples,)
         """
 
-        def block_fn(block, params, block_info=None):
-            return score_samples_block(block, params, block.dtype, block_info)
+        def block_fn(block, params, omit, block_info=None):
+            return score_samples_block(block, params, block.dtype, omit, block_info)
 
         dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
-        return self._rowwise(X, block_fn, dtype)
+        return self._rowwise(X, block_fn, dtype, "score_samples")
 
     def _n_components_fitted(self):
         return self.means_.shape[0] if hasattr(self, "means_") else None
 
+    def _scored(self, X):
+        """``(sum, count)`` of the per-sample log-likelihoods of ``X``, masked skipped."""
+        log_prob = self.score_samples(X)
+        if xarray_kind(log_prob) is not None:
+            log_prob = log_prob.data
+        kept = ~np.isnan(log_prob) if self.nan_policy == "omit" else None
+        if kept is None:
+            total, count = log_prob.sum(), log_prob.size
+        else:
+            total, count = log_prob[kept].sum() if not hasattr(log_prob, "dask") else \
+                da.where(kept, log_prob, 0.0).sum(), kept.sum()
+        total, count = dask.compute(total, count)
+        if count == 0:
+            raise ValueError("Every sample of X holds NaN: there is nothing to score.")
+        return float(total), int(count)
+
     def score(self, X, y=None):
-        """Mean per-row log-likelihood of ``X`` (computed, even for dask input).
+        """Mean per-sample log-likelihood of ``X`` (computed, even for dask input).
+
+        With ``nan_policy='omit'``, the mean over the samples without NaN.
 
         Returns
         -------
         float
         """
-        log_prob = self.score_samples(X)
-        return float(log_prob.mean().compute() if hasattr(log_prob, "dask") else
-                     log_prob.mean())
+        total, count = self._scored(X)
+        return total / count
 
     def bic(self, X):
         """Bayesian information criterion on ``X``; lower is better.
 
+        With ``nan_policy='omit'``, ``n`` counts the samples without NaN.
+
         Returns
         -------
         float
         """
-        n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
-        return -2 * self.score(X) * n_samples + self._n_parameters() * math.log(
-            n_samples
-        )
+        total, count = self._scored(X)
+        return -2 * total + self._n_parameters() * math.log(count)
 
     def aic(self, X):
         """Akaike information criterion on ``X``; lower is better.
@@ -486,8 +495,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         -------
         float
         """
-        n_samples = X.shape[0] if hasattr(X, "shape") else len(X)
-        return -2 * self.score(X) * n_samples + 2 * self._n_parameters()
+        total, _ = self._scored(X)
+        return -2 * total + 2 * self._n_parameters()
 
     def save(self, path, overwrite=False):
         """Write the fitted model to ``path`` (no pickle); see :mod:`dask_gmm.persistence`."""

@@ -278,6 +278,6 @@ def scheduler_context(settings, X=None):
 
 def check_worker_memory(client, X):
     """Refuse chunks the cluster's workers cannot hold (see ``_base``)."""
-    from ._base import check_chunks_fit_workers
+    from ._engine import check_chunks_fit_workers
 
     check_chunks_fit_workers(X, client)

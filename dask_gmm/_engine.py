@@ -14,13 +14,16 @@ back to the client.
 
 from __future__ import annotations
 
+import math
+import sys
 from numbers import Integral
 
 import dask
+import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._estep import log_resp_and_norm
+from ._estep import RowPlace, log_resp_and_norm
 from ._requests import TakeRows, chunk_pass
 from ._stats import combine_stat_lists
 
@@ -52,6 +55,55 @@ def worker_settings():
             for name, value in WORKER_ENVIRONMENT.items()}
 
 
+# What a chunk task needs besides its chunk: the worker process itself (Python,
+# numpy, dask, numba), row-block temporaries and the statistics.
+WORKER_BASE_BYTES = 200 * 2**20
+# distributed pauses a worker at 80% of its memory limit.
+WORKER_USABLE_SHARE = 0.8
+
+
+def check_chunks_fit_workers(X, client):
+    """Refuse at once chunks that a worker's memory limit cannot hold.
+
+    A worker over its limit is restarted and its task retried, again and
+    again: without this check a too-small limit looks like a hang.
+
+    Parameters
+    ----------
+    X : dask.array.Array
+    client : distributed.Client
+    """
+    limits = [w.get("memory_limit") or 0
+              for w in client.scheduler_info()["workers"].values()]
+    limits = [limit for limit in limits if limit > 0]
+    if not limits:
+        return
+    chunk_bytes = math.prod(max(c) for c in X.chunks[:-1]) * X.shape[-1] * X.dtype.itemsize
+    needed = 2 * chunk_bytes + WORKER_BASE_BYTES
+    usable = WORKER_USABLE_SHARE * min(limits)
+    if needed > usable:
+        mib = 2**20
+        raise MemoryError(
+            f"Row chunks of {chunk_bytes / mib:.1f} MiB need about {needed / mib:.0f} MiB "
+            f"in a worker (the chunk, its temporaries and the worker process), but the "
+            f"smallest worker memory limit is {min(limits) / mib:.0f} MiB (work pauses "
+            f"at {usable / mib:.0f} MiB). Raise the limit (--memory-limit) or read "
+            f"smaller chunks (--chunk-rows, or open_array(..., chunks=ROWS))."
+        )
+
+
+def active_client():
+    """The ``distributed.Client`` dask would use, or None (never imports distributed)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
 def split_every():
     """Fan-in of the combine tree: dask's ``split_every`` setting, else 8."""
     value = dask.config.get("split_every", None)
@@ -60,29 +112,80 @@ def split_every():
     return DEFAULT_SPLIT_EVERY
 
 
-class ChunkedRows:
-    """A row-chunked dask array (and optional row weights) as delayed blocks.
+def join_features(X):
+    """``X`` with its features in one chunk, joined inside each block's task.
 
-    The blocks are taken from the array once per fit, so every pass and every
-    row draw built from one ``ChunkedRows`` uses the same chunk tasks: computed
-    together, they read each chunk once.
+    Zarr cubes are often written one band per chunk. Rather than a rechunk,
+    each block of samples gets one task that concatenates its feature chunks
+    (``blockwise`` with ``concatenate=True``), so the graph stays one task per
+    block of samples and memory stays one block's worth.
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n_samples, n_features)
-        Validated: one chunk along the features, known row chunks.
-    sample_weight : dask.array.Array of shape (n_samples,) or None
+    X : dask.array.Array of shape (..., D)
+        Sample dims first, features last.
+
+    Returns
+    -------
+    dask.array.Array
+        ``X`` itself when it already has one feature chunk.
+    """
+    if X.numblocks[-1] == 1:
+        return X
+    samples = "".join(chr(ord("a") + i) for i in range(X.ndim - 1))
+    return da.blockwise(_identity, samples + "z", X, samples + "y", concatenate=True,
+                        new_axes={"z": X.shape[-1]}, dtype=X.dtype,
+                        meta=np.empty((0,) * X.ndim, dtype=X.dtype))
+
+
+def _identity(block):
+    return block
+
+
+class ChunkedRows:
+    """The samples of a dask array (and optional weights) as delayed blocks.
+
+    The blocks are taken from the array once per fit, so every pass and every
+    row draw built from one ``ChunkedRows`` uses the same chunk tasks: computed
+    together, they read each chunk once. An N-D array (sample dims first,
+    features last, e.g. ``(time, y, x, band)``) is served block by block as it
+    is chunked; its samples are numbered in C order over the sample dims, the
+    order ``X.reshape(-1, D)`` would give, though it is never reshaped.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n_samples, n_features) or (..., n_features)
+        Validated: known chunks; features may span several chunks (joined in
+        each block's task by :func:`join_features`).
+    sample_weight : dask.array.Array of X's sample shape or (n_samples,), or None
+    omit_nan : bool
+        Samples holding NaN are left out of every pass (``nan_policy='omit'``).
     """
 
-    def __init__(self, X, sample_weight=None):
+    def __init__(self, X, sample_weight=None, omit_nan=False):
+        X = join_features(X)
         self.array = X
+        self.omit_nan = omit_nan
+        self.sample_shape = tuple(X.shape[:-1])
+        self.shape = (math.prod(self.sample_shape), X.shape[-1])
+        self.dtype = X.dtype
+        sample_chunks = X.chunks[:-1]
+        self.starts = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64)
+                       for c in sample_chunks]
         self.blocks = list(X.to_delayed().ravel())
-        row_chunks = X.chunks[0]
-        self.row_starts = np.concatenate([[0], np.cumsum(row_chunks)[:-1]]).astype(int)
+        self.places = []
+        for location in np.ndindex(*X.numblocks[:-1]):
+            origin = tuple(int(s[i]) for s, i in zip(self.starts, location))
+            block_shape = tuple(c[i] for c, i in zip(sample_chunks, location))
+            chunk_index = location[0] if len(location) == 1 else location
+            self.places.append(RowPlace(origin, block_shape, self.sample_shape,
+                                        chunk_index))
         if sample_weight is None:
             self.weight_blocks = [None] * len(self.blocks)
         else:
-            sample_weight = sample_weight.rechunk((row_chunks,))
+            if sample_weight.shape != self.sample_shape:
+                sample_weight = sample_weight.reshape(self.sample_shape)
+            sample_weight = sample_weight.rechunk(sample_chunks)
             self.weight_blocks = list(sample_weight.to_delayed().ravel())
 
     @property
@@ -106,29 +209,45 @@ class ChunkedRows:
         shared = dask.delayed(list(requests), traverse=False)
         task = dask.delayed(chunk_pass, pure=True)
         parts = [
-            task(block, shared, sample_weight=weight, row_start=int(start), chunk_index=i)
-            for i, (block, weight, start) in enumerate(
-                zip(self.blocks, self.weight_blocks, self.row_starts)
+            task(block, shared, sample_weight=weight, chunk_index=i,
+                 omit_nan=self.omit_nan, place=place)
+            for i, (block, weight, place) in enumerate(
+                zip(self.blocks, self.weight_blocks, self.places)
             )
         ]
         return tree_reduce(parts, combine_stat_lists)
 
     def take_rows(self, indices):
-        """Build (without computing) the rows at sorted ``indices``, from the same blocks.
+        """Build (without computing) the samples at ``indices``, from the same blocks.
+
+        Parameters
+        ----------
+        indices : ndarray of int
+            Sample numbers (C order over the sample dims).
 
         Returns
         -------
         dask.delayed.Delayed
-            An ndarray of shape (len(indices), n_features) once computed.
+            An ndarray of shape (len(indices), n_features), in the order of
+            ``indices``, once computed.
         """
-        ends = self.row_starts[1:].tolist() + [self.array.shape[0]]
+        indices = np.asarray(indices, dtype=np.int64)
+        coords = np.unravel_index(indices, self.sample_shape)
+        grid = self.array.numblocks[:-1]
+        block_of = [np.searchsorted(s, c, side="right") - 1
+                    for s, c in zip(self.starts, coords)]
+        local = [c - s[b] for c, s, b in zip(coords, self.starts, block_of)]
+        flat_block = np.ravel_multi_index(block_of, grid) if len(indices) else indices
+        order = np.argsort(flat_block, kind="stable")
         take = dask.delayed(_take, pure=True)
         parts = []
-        for block, start, end in zip(self.blocks, self.row_starts, ends):
-            lo, hi = np.searchsorted(indices, [start, end])
-            if hi > lo:
-                parts.append(take(block, indices[lo:hi] - start))
-        return dask.delayed(np.concatenate, pure=True)(parts)
+        bounds = np.searchsorted(flat_block[order], np.arange(len(self.blocks) + 1))
+        for b in np.flatnonzero(np.diff(bounds)):
+            members = order[bounds[b] : bounds[b + 1]]
+            shape = self.places[b].block_shape
+            positions = np.ravel_multi_index([d[members] for d in local], shape)
+            parts.append(take(self.blocks[b], positions))
+        return dask.delayed(_in_order, pure=True)(parts, order, self.shape[1], self.dtype)
 
     def build_round(self, requests):
         """One graph answering every request of a round; see :func:`run_together`."""
@@ -142,8 +261,16 @@ class ChunkedRows:
         return graph, passes
 
 
-def _take(block, rows):
-    return np.asarray(block[rows])
+def _take(block, positions):
+    return np.asarray(block).reshape(-1, block.shape[-1])[positions]
+
+
+def _in_order(parts, order, n_features, dtype):
+    """Rows gathered block by block, put back in the order they were asked for."""
+    rows = np.concatenate(parts) if parts else np.empty((0, n_features), dtype)
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
 
 
 def tree_reduce(parts, combine):
@@ -243,29 +370,48 @@ def _drive(data, steps, on_round, isolate, fatal):
 
 
 # --------------------------------------------------------------------------
-# Per-row outputs of dask arrays, through ``map_blocks``.
+# Per-sample outputs of dask arrays, through ``map_blocks`` (features last).
 
 
-def _block_position(block_info):
-    """``(row_start, chunk_index)`` of a ``map_blocks`` block, or ``(0, None)``."""
+def _block_place(block, block_info):
+    """Where a ``map_blocks`` block sits, for messages."""
     if not block_info:
-        return 0, None
+        return RowPlace()
     info = block_info[0]
-    return info["array-location"][0][0], info["chunk-location"][0]
+    origin = tuple(loc[0] for loc in info["array-location"][:-1])
+    location = tuple(info["chunk-location"][:-1])
+    return RowPlace(origin, block.shape[:-1], tuple(info["shape"][:-1]),
+                    location[0] if len(location) == 1 else location)
 
 
-def predict_block(X, params, block_info=None):
-    """Most likely component of each row, shape ``(n,)``, int64."""
-    return log_resp_and_norm(X, params, *_block_position(block_info))[0].argmax(axis=1)
+def block_log_resp(X, params, omit_nan=False, block_info=None):
+    """Log responsibilities ``(..., K)`` and log-likelihoods ``(...)`` of a block of samples."""
+    rows = X.reshape(-1, X.shape[-1])
+    log_resp, log_norm = log_resp_and_norm(rows, params, omit_nan=omit_nan,
+                                           place=_block_place(X, block_info))
+    sample_shape = X.shape[:-1]
+    return (log_resp.reshape(sample_shape + log_resp.shape[-1:]),
+            log_norm.reshape(sample_shape))
 
 
-def predict_proba_block(X, params, dtype, block_info=None):
-    """Responsibilities of each row, shape ``(n, K)``, in ``dtype``."""
-    log_resp = log_resp_and_norm(X, params, *_block_position(block_info))[0]
+def predict_block(X, params, omit_nan=False, block_info=None):
+    """Most likely component of each sample, int64; -1 where a sample holds NaN."""
+    log_resp, log_norm = block_log_resp(X, params, omit_nan, block_info)
+    if log_resp.shape[-1] == 0 or log_norm.size == 0:
+        return np.zeros(log_norm.shape, dtype=np.int64)
+    labels = np.nan_to_num(log_resp, nan=-np.inf).argmax(axis=-1)
+    if omit_nan:
+        labels[np.isnan(log_norm)] = -1
+    return labels
+
+
+def predict_proba_block(X, params, dtype, omit_nan=False, block_info=None):
+    """Responsibilities of each sample, shape ``(..., K)``, in ``dtype``; NaN where masked."""
+    log_resp = block_log_resp(X, params, omit_nan, block_info)[0]
     return np.exp(log_resp).astype(dtype, copy=False)
 
 
-def score_samples_block(X, params, dtype, block_info=None):
-    """Log-likelihood of each row, shape ``(n,)``, in ``dtype``."""
-    log_norm = log_resp_and_norm(X, params, *_block_position(block_info))[1]
+def score_samples_block(X, params, dtype, omit_nan=False, block_info=None):
+    """Log-likelihood of each sample, shape ``(...)``, in ``dtype``; NaN where masked."""
+    log_norm = block_log_resp(X, params, omit_nan, block_info)[1]
     return log_norm.astype(dtype, copy=False)

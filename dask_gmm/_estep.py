@@ -29,7 +29,48 @@ class NonFiniteInputError(ValueError):
     """Input rows hold NaN or infinity."""
 
 
-def check_finite_rows(X, block_start=0, where="", row_numbers=None):
+class RowPlace:
+    """Where a block of rows sits in the whole input, for messages.
+
+    Rows are numbered in C order over the sample dims: a 2-D input's rows are
+    its row indices; an N-D block (sample dims ``grid_shape``, features last)
+    numbers its samples by their position on that grid, and messages give
+    their indices along the sample dims.
+
+    Parameters
+    ----------
+    origin : tuple of int
+        Index of the block's first sample along each sample dim.
+    block_shape : tuple of int
+        The block's extent along each sample dim.
+    grid_shape : tuple of int or None
+        The whole input's sample shape (None for a 2-D input of unknown length).
+    chunk_index : int, tuple or None
+        Which chunk this is.
+    """
+
+    def __init__(self, origin=(0,), block_shape=None, grid_shape=None, chunk_index=None):
+        self.origin = tuple(int(o) for o in origin)
+        self.block_shape = block_shape
+        self.grid_shape = grid_shape
+        self.chunk_index = chunk_index
+
+    @property
+    def where(self):
+        """" in chunk N" for messages, or nothing when the chunk is not known."""
+        return chunk_where(self.chunk_index)
+
+    def describe(self, positions):
+        """``"rows [..]"`` (or ``"samples [(i, j), ..]"``) for flat positions in the block."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(self.origin) == 1:
+            return f"rows {(positions + self.origin[0]).tolist()}"
+        local = np.unravel_index(positions, self.block_shape)
+        places = np.stack([c + o for c, o in zip(local, self.origin)], axis=1)
+        return f"samples {[tuple(p) for p in places.tolist()]}"
+
+
+def check_finite_rows(X, block_start=0, where="", row_numbers=None, place=None):
     """Raise a clear error naming the first rows of ``X`` that are not finite.
 
     Parameters
@@ -41,37 +82,95 @@ def check_finite_rows(X, block_start=0, where="", row_numbers=None):
         Extra context for the message (e.g. which chunk).
     row_numbers : ndarray of shape (n,) or None
         Index of each row of ``X`` in the whole input, when not contiguous.
+    place : RowPlace or None
+        Where the rows are, instead of ``block_start``/``where``/``row_numbers``
+        (positions are then ``block_start`` plus the row's position in ``X``).
     """
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
-        positions = np.flatnonzero(bad)
-        rows = positions + block_start if row_numbers is None else row_numbers[positions]
         kind = "NaN" if np.isnan(X[bad]).any() else "infinity"
-        more = " and more" if len(rows) > 5 else ""
-        raise NonFiniteInputError(
-            f"Input X contains {kind}{where}: rows {rows[:5].tolist()}{more} are "
-            "not finite. Remove or impute them before fitting."
-        )
+        _raise_bad_rows(kind, np.flatnonzero(bad), block_start, where, row_numbers, place)
+
+
+def _raise_bad_rows(kind, positions, block_start, where, row_numbers, place):
+    more = " and more" if len(positions) > 5 else ""
+    positions = positions[:5]
+    if place is not None:
+        described, where = place.describe(positions + block_start), place.where
+    elif row_numbers is not None:
+        described = f"rows {np.asarray(row_numbers)[positions].tolist()}"
+    else:
+        described = f"rows {(positions + block_start).tolist()}"
+    raise NonFiniteInputError(
+        f"Input X contains {kind}{where}: {described}{more} are not finite. Remove "
+        "or impute them before fitting (or pass nan_policy='omit' to skip samples "
+        "holding NaN)." if kind == "NaN" else
+        f"Input X contains {kind}{where}: {described}{more} are not finite. Remove "
+        "or impute them before fitting."
+    )
 
 
 # |x| beyond this overflows float64 in the second moments (x**2 summed over rows).
 LARGEST_MAGNITUDE = 1e100
 
 
-def check_rows(rows, block_start=0, where=""):
-    """Raise a clear error for rows that are not finite or too large to square safely."""
+def check_rows(rows, block_start=0, where="", place=None, kept=None):
+    """Raise a clear error for rows that are not finite or too large to square safely.
+
+    ``place`` and ``block_start`` locate the rows for messages (see
+    :func:`check_finite_rows`); ``kept`` gives each row's position in its block
+    when masked rows were taken out.
+    """
     low, high = float(rows.min(initial=0.0)), float(rows.max(initial=0.0))
     if not (math.isfinite(low) and math.isfinite(high)):
-        check_finite_rows(rows, block_start, where)
+        check_finite_rows(rows, block_start, where, place=place)
     largest = max(-low, high)
     if largest > LARGEST_MAGNITUDE:
-        position = int(np.flatnonzero((np.abs(rows) > LARGEST_MAGNITUDE).any(axis=1))[0])
+        position = np.flatnonzero((np.abs(rows) > LARGEST_MAGNITUDE).any(axis=1))[:1]
+        if kept is not None:
+            position = kept[position]
+        if place is not None:
+            described, where = place.describe(position + block_start), place.where
+        else:
+            described = f"row {int(position[0]) + block_start}"
         scale = 10.0 ** math.ceil(math.log10(largest / 1e3))
         raise NonFiniteInputError(
-            f"Input X holds values up to {largest:.3g}{where} (row {block_start + position}): "
+            f"Input X holds values up to {largest:.3g}{where} ({described}): "
             f"beyond {LARGEST_MAGNITUDE:g} their squares overflow float64. Scale the data "
             f"first, e.g. X / {scale:g}."
         )
+
+
+def nan_rows(rows):
+    """Rows holding a NaN in any feature, shape ``(n,)`` bool."""
+    return np.isnan(rows).any(axis=1)
+
+
+def screen_rows(rows, w, omit_nan, block_start=0, place=None):
+    """Check a block's rows; under ``omit_nan`` take out the rows holding NaN.
+
+    Infinity is an error whatever the policy.
+
+    Returns
+    -------
+    rows : ndarray of shape (m, D)
+    w : ndarray of shape (m,) or None
+    kept : ndarray of int or None
+        Positions of the kept rows in the block; None when none was taken out.
+    """
+    kept = None
+    if omit_nan and not np.isfinite(rows.sum(dtype=np.float64)):
+        infinite = np.isinf(rows).any(axis=1)
+        if infinite.any():
+            _raise_bad_rows("infinity", np.flatnonzero(infinite), block_start, "", None,
+                            place or RowPlace())
+        masked = nan_rows(rows)
+        if masked.any():
+            kept = np.flatnonzero(~masked)
+            rows = rows[kept]
+            w = None if w is None else w[kept]
+    check_rows(rows, block_start, place=place or RowPlace(), kept=kept)
+    return rows, w, kept
 
 
 def chunk_where(chunk_index):
@@ -174,13 +273,23 @@ def row_blocks(X, sample_weight, rows):
 
 
 def chunk_shift(X):
-    """A point near the chunk's data: the mean of its first row block."""
+    """A point near the chunk's data: the mean of its first (complete) rows.
+
+    Rows holding NaN are passed over (under ``nan_policy='omit'`` they are not
+    data); a chunk with no complete row gets the origin.
+    """
     head = np.asarray(X[:SHIFT_ROWS], dtype=np.float64)
     if head.shape[0] == 0:  # an empty chunk (dask allows them)
         return np.zeros(X.shape[1])
     shift = head.mean(axis=0)
     if not np.isfinite(shift).all():
-        shift = np.zeros(X.shape[1])  # the row check reports the bad rows
+        complete = head[~nan_rows(head)]
+        if len(complete) == 0 and X.shape[0] > SHIFT_ROWS:
+            whole = np.asarray(X)
+            complete = np.asarray(whole[~nan_rows(whole)][:SHIFT_ROWS], dtype=np.float64)
+        shift = complete.mean(axis=0) if len(complete) else np.zeros(X.shape[1])
+        if not np.isfinite(shift).all():
+            shift = np.zeros(X.shape[1])  # the row check reports the bad rows
     return shift
 
 
@@ -341,13 +450,15 @@ def full_e_step(block, params, stats):
     log_const -= 0.5 * n_features * math.log(2 * math.pi)
     w = np.empty(0) if block.w is None else np.ascontiguousarray(block.w, dtype=np.float64)
     stats.n += block.total_weight()
+    stats.rows += block.n
     return _fused.full_e_step(
         np.ascontiguousarray(block.rows), stats.shift, w, whiten_t, np.ascontiguousarray(offsets),
         log_const, _fused.tile_rows(n_components, n_features),
         stats.nk, stats.s1, stats.s2)
 
 
-def log_resp_and_norm(X, params, row_start=0, chunk_index=None):
+def log_resp_and_norm(X, params, row_start=0, chunk_index=None, omit_nan=False,
+                      place=None):
     """Log responsibilities and per-row log-likelihood for one block of rows.
 
     Parameters
@@ -356,6 +467,10 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None):
     params : Params
     row_start, chunk_index : int
         Where ``X`` sits in the whole input, for error messages.
+    omit_nan : bool
+        Rows holding NaN get NaN outputs instead of an error.
+    place : RowPlace or None
+        Where ``X`` sits, instead of ``row_start`` and ``chunk_index``.
 
     Returns
     -------
@@ -363,19 +478,21 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None):
     log_norm : ndarray of shape (n,), float64
     """
     n = X.shape[0]
+    if place is None:
+        place = RowPlace((row_start,), chunk_index=chunk_index)
     shift = chunk_shift(X)
-    log_resp = np.empty((n, len(params.weights)))
-    log_norm = np.empty(n)
+    log_resp = np.full((n, len(params.weights)), np.nan)
+    log_norm = np.full(n, np.nan)
     for start, rows, _ in row_blocks(X, None, block_rows(params_row_width(params))):
-        check_rows(rows, row_start + start, chunk_where(chunk_index))
+        rows, _, kept = screen_rows(rows, None, omit_nan, start, place)
         block = RowBlock(rows, shift, None, start)
         with np.errstate(invalid="ignore", over="ignore"):
             wlp = weighted_log_prob(block, params, shift)
-        stop = start + block.n
         top = wlp.max(axis=1)
         top[~np.isfinite(top)] = 0.0
         with np.errstate(divide="ignore"):
             norm = np.log(np.exp(wlp - top[:, None]).sum(axis=1)) + top
-        log_norm[start:stop] = norm
-        log_resp[start:stop] = wlp - norm[:, None]
+        at = np.arange(start, start + block.n) if kept is None else start + kept
+        log_norm[at] = norm
+        log_resp[at] = wlp - norm[:, None]
     return log_resp, log_norm

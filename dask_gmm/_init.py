@@ -23,9 +23,10 @@ import logging
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from ._estep import check_finite_rows, check_rows
+from ._estep import check_finite_rows, check_rows, screen_rows
 from ._mstep import Params, m_step, precision_cholesky
 from ._requests import HardAssignment, RandomResponsibilities, TakeRows
+from ._validation import check_kept_rows
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +50,73 @@ def draw_rows(data, indices):
     Returns
     -------
     ndarray of shape (len(indices), n_features), float64
+        Under ``nan_policy='omit'`` rows holding NaN come back as they are
+        (see :func:`usable_rows`); otherwise they are an error.
     """
-    order = np.argsort(indices)
-    rows = yield TakeRows(indices[order])
+    rows = yield TakeRows(indices)
     rows = np.asarray(rows, dtype=np.float64)
-    check_finite_rows(rows, row_numbers=indices[order])
-    check_rows(rows)
-    out = np.empty_like(rows)
-    out[order] = rows
-    return out
-
-
-def _sample(data, random_state):
-    n_samples = data.array.shape[0]
-    if n_samples <= KMEANS_SAMPLE_ROWS:
-        rows = yield TakeRows(np.arange(n_samples))
-        rows = np.asarray(rows, dtype=np.float64)
-        check_finite_rows(rows)
+    if not data.omit_nan:
+        check_finite_rows(rows, row_numbers=indices)
         check_rows(rows)
-        return rows, True
-    indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
-    rows = yield from draw_rows(data, np.sort(indices))
-    return rows, False
+    return rows
+
+
+def usable_rows(rows, data):
+    """The drawn rows a fit may use: all of them, or those without NaN under 'omit'.
+
+    Returns
+    -------
+    ndarray of shape (m, n_features)
+    """
+    if not data.omit_nan:
+        return rows
+    rows, _, _ = screen_rows(rows, None, omit_nan=True)
+    return rows
+
+
+def _sample(data, n_components, random_state):
+    """Step generator: the rows k-means seeds from (all of them when few), and if whole."""
+    n_samples = data.shape[0]
+    whole = n_samples <= KMEANS_SAMPLE_ROWS
+    if whole:
+        rows = yield from draw_rows(data, np.arange(n_samples))
+    else:
+        indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
+        rows = yield from draw_rows(data, np.sort(indices))
+    rows = usable_rows(rows, data)
+    if data.omit_nan:
+        where = "" if whole else f" (in a random sample of {KMEANS_SAMPLE_ROWS:,})"
+        check_kept_rows(len(rows), n_components, n_samples, where)
+    return rows, whole
+
+
+def _rows_from_data(data, n_components, random_state):
+    """Step generator: ``n_components`` distinct rows drawn at random (random_from_data).
+
+    As scikit-learn: ``random_state.choice(n_samples, n_components)``. Under
+    ``nan_policy='omit'`` the draw is among the rows without NaN: when the data
+    are small all rows are read and the draw made among the kept ones (what
+    scikit-learn does on the kept rows); otherwise more rows are drawn than
+    needed and the first complete ones kept.
+    """
+    n_samples = data.shape[0]
+    if not data.omit_nan:
+        indices = random_state.choice(n_samples, size=n_components, replace=False)
+        return (yield from draw_rows(data, indices))
+    if n_samples <= KMEANS_SAMPLE_ROWS:
+        kept = usable_rows((yield from draw_rows(data, np.arange(n_samples))), data)
+        check_kept_rows(len(kept), n_components, n_samples)
+        return kept[random_state.choice(len(kept), size=n_components, replace=False)]
+    size = 4 * n_components
+    while True:
+        size = min(size, KMEANS_SAMPLE_ROWS)
+        indices = random_state.choice(n_samples, size=size, replace=False)
+        kept = usable_rows((yield from draw_rows(data, indices)), data)
+        if len(kept) >= n_components or size == KMEANS_SAMPLE_ROWS:
+            check_kept_rows(len(kept), n_components, n_samples,
+                            f" (in a random sample of {size:,})")
+            return kept[:n_components]
+        size *= 4
 
 
 def _seed_params(means, covariance_type, reg_covar, eps):
@@ -110,7 +156,7 @@ def _seed_params(means, covariance_type, reg_covar, eps):
 
 def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
                    random_state):
-    sample, whole = yield from _sample(data, random_state)
+    sample, whole = yield from _sample(data, n_components, random_state)
     km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
     centers = km.fit(sample).cluster_centers_
     if not whole:
@@ -127,6 +173,8 @@ def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
             if moved <= tol:
                 break
     stats = yield HardAssignment(centers, covariance_type)
+    if data.omit_nan:
+        check_kept_rows(stats.rows, n_components, data.shape[0])
     params, _ = m_step(stats, covariance_type, reg_covar, eps, f32)
     return params
 
@@ -152,20 +200,20 @@ def initial_params(data, init_params, n_components, covariance_type, reg_covar,
     Params
         (as the generator's return value)
     """
-    n_samples = data.array.shape[0]
     if init_params == "kmeans":
         return (yield from _kmeans_params(data, n_components, covariance_type,
                                           reg_covar, eps, float32_input, random_state))
     if init_params == "k-means++":
-        sample, _ = yield from _sample(data, random_state)
+        sample, _ = yield from _sample(data, n_components, random_state)
         centers, _ = kmeans_plusplus(sample, n_components, random_state=random_state)
         return _seed_params(centers, covariance_type, reg_covar, eps)
     if init_params == "random_from_data":
-        indices = random_state.choice(n_samples, size=n_components, replace=False)
-        rows = yield from draw_rows(data, indices)
+        rows = yield from _rows_from_data(data, n_components, random_state)
         return _seed_params(rows, covariance_type, reg_covar, eps)
     # 'random'
     seed = int(random_state.randint(np.iinfo(np.int32).max))
     stats = yield RandomResponsibilities(n_components, covariance_type, seed)
+    if data.omit_nan:
+        check_kept_rows(stats.rows, n_components, data.shape[0])
     params, _ = m_step(stats, covariance_type, reg_covar, eps, float32_input)
     return params

@@ -30,14 +30,14 @@ import numpy as np
 
 from ._estep import (
     RowBlock,
+    RowPlace,
     block_rows,
-    check_rows,
     chunk_shift,
-    chunk_where,
     full_e_step,
     params_row_width,
     responsibilities,
     row_blocks,
+    screen_rows,
     weighted_log_prob,
     weighted_sum,
 )
@@ -230,10 +230,12 @@ class LogLikelihood(PassRequest):
         with np.errstate(invalid="ignore", over="ignore"):
             _, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         stats.n += block.total_weight()
+        stats.rows += block.n
         return weighted_sum(log_norm, block.w)
 
 
-def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
+def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
+               omit_nan=False, place=None):
     """Every request's statistics from one chunk: the ``chunk`` function of a pass.
 
     The rows are converted, shifted and checked once, and the quadratic
@@ -241,31 +243,46 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None):
 
     Parameters
     ----------
-    X : ndarray of shape (n, D)
-        One row chunk, any float dtype.
+    X : ndarray of shape (n, D), or of shape (..., D)
+        One row chunk, any float dtype; a block of an N-D input (sample dims
+        first, features last) is taken as its samples in C order.
     requests : list of PassRequest
-    sample_weight : ndarray of shape (n,) or None
+    sample_weight : ndarray of shape (n,) or of X's sample shape, or None
     row_start : int
         Index of ``X[0]`` in the whole input (for error messages).
     chunk_index : int or None
         Which chunk this is (for error messages and random streams).
+    omit_nan : bool
+        Rows holding NaN in any feature are left out of every statistic
+        (``nan_policy='omit'``) instead of raising.
+    place : RowPlace or None
+        Where the chunk sits, instead of ``row_start`` (N-D blocks).
 
     Returns
     -------
     list of SuffStats
         One per request, in order.
     """
+    if X.ndim != 2:
+        X = X.reshape(-1, X.shape[-1])
+        if sample_weight is not None:
+            sample_weight = np.reshape(sample_weight, -1)
+    if place is None:
+        place = RowPlace((row_start,), chunk_index=chunk_index)
     n_features = X.shape[1]
     shift = chunk_shift(X)
     stats = [request.empty(n_features, shift) for request in requests]
     # Per-chunk state lives here, never on the requests: one request object is
     # shared by every chunk task, and tasks run in parallel threads.
-    contexts = [request.start_chunk(chunk_index) for request in requests]
+    seed_index = chunk_index if isinstance(chunk_index, int) else None
+    contexts = [request.start_chunk(seed_index) for request in requests]
     # per-block log-likelihood contributions, summed exactly at the end
     partials = [[] for _ in requests]
     rows_per_block = block_rows(max(r.row_width() for r in requests))
     for start, rows, w in row_blocks(X, sample_weight, rows_per_block):
-        check_rows(rows, row_start + start, chunk_where(chunk_index))
+        rows, w, _ = screen_rows(rows, w, omit_nan, start, place)
+        if rows.shape[0] == 0:
+            continue
         block = RowBlock(rows, shift, w, start)
         for request, st, context, partial in zip(requests, stats, contexts, partials):
             contribution = request.accumulate(block, st, context)

@@ -61,6 +61,8 @@ class SuffStats:
     shift : ndarray of shape (D,)
         The point the moments were taken about.
     covariance_type : str
+    rows : int
+        Rows counted, weighted or not (masked rows are not counted).
     """
 
     n: float
@@ -70,6 +72,7 @@ class SuffStats:
     s2: np.ndarray | None
     shift: np.ndarray
     covariance_type: str = "full"
+    rows: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -206,6 +209,7 @@ def accumulate(stats, block, R):
     stats.nk += Rw.sum(axis=0)
     stats.s1 += Rw.T @ block.Y
     stats.n += block.total_weight()
+    stats.rows += block.n
     if stats.s2 is not None:
         stats.s2 += SECOND_MOMENTS[stats.covariance_type].block_sum(block, Rw)
 
@@ -230,6 +234,7 @@ def translate_stats(stats, new_shift):
         s2=s2,
         shift=np.asarray(new_shift, dtype=np.float64),
         covariance_type=stats.covariance_type,
+        rows=stats.rows,
     )
 
 
@@ -265,6 +270,7 @@ def combine_stats(*parts):
         s2=None if first.s2 is None else np.sum([p.s2 for p in moved], axis=0),
         shift=shift,
         covariance_type=first.covariance_type,
+        rows=sum(p.rows for p in parts),
     )
 
 

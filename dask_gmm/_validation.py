@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import check_array, validate_data
 
+from ._xarray import from_xarray, xarray_kind
 from .io import TARGET_CHUNK_BYTES, check_dtype, open_array
 
 MIN_CHUNK_ROWS = 4096
@@ -49,20 +50,24 @@ def numpy_row_chunks(n_samples, n_features, itemsize):
     return int(max(MIN_CHUNK_ROWS, min(by_cores, by_bytes)))
 
 
-def check_dask_array(X, estimator_name, ensure_min_samples=1):
+def check_dask_array(X, estimator_name, ensure_min_samples=1, allow_nd=False):
     """Validate a dask array without reading it.
 
     Parameters
     ----------
-    X : dask.array.Array
+    X : dask.array.Array of shape (n_samples, n_features), or (..., n_features)
+        when ``allow_nd`` (sample dims first, features last).
     estimator_name : str
         For messages.
     ensure_min_samples : int
+    allow_nd : bool
+        Take more than one sample dim (xarray cubes).
 
     Returns
     -------
     dask.array.Array
-        float32 or float64, unchanged when it already was.
+        float32 or float64, unchanged when it already was. Features may span
+        several chunks: each block's task joins them.
     """
     meta = da.utils.meta_from_array(X)
     if sp.issparse(meta) or type(meta).__module__.startswith("sparse"):
@@ -71,19 +76,20 @@ def check_dask_array(X, estimator_name, ensure_min_samples=1):
             "X.map_blocks(lambda b: b.toarray()) to convert the chunks to dense "
             "numpy arrays."
         )
-    if X.ndim != 2:
+    if X.ndim != 2 and not (allow_nd and X.ndim > 2):
         raise ValueError(
             f"Expected 2D array, got {X.ndim}D array instead with shape {X.shape}. "
             "Reshape your data either using array.reshape(-1, 1) if your data has "
             "a single feature or array.reshape(1, -1) if it contains a single sample."
+            + (" For N-D data, pass an xarray.DataArray and name its feature dim "
+               "(fit(X, feature_dim=...))." if X.ndim > 2 else "")
         )
     check_dtype(X.dtype)
-    if any(math.isnan(c) for c in X.chunks[0]):
+    if any(math.isnan(c) for chunks in X.chunks for c in chunks):
         raise ValueError(
-            "X has unknown chunk sizes along the rows. Call X.compute_chunk_sizes() "
-            "first."
+            "X has unknown chunk sizes. Call X.compute_chunk_sizes() first."
         )
-    n_samples, n_features = X.shape
+    n_samples, n_features = math.prod(X.shape[:-1]), X.shape[-1]
     if n_samples < ensure_min_samples:
         raise ValueError(
             f"Found array with {n_samples} sample(s) (shape={X.shape}) while a "
@@ -94,68 +100,63 @@ def check_dask_array(X, estimator_name, ensure_min_samples=1):
             f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 "
             f"is required by {estimator_name}."
         )
-    if len(X.chunks[1]) > 1:
-        raise ValueError(
-            f"X is chunked along the features (chunks={X.chunks[1]}), but every row "
-            "must lie whole in one chunk. Use "
-            f"'X = X.rechunk({{1: {n_features}}})' (or 'X.rechunk({{1: -1}})') first."
-        )
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     return X
 
 
-def unwrap_xarray(X):
-    """A 2-D ``xarray.DataArray`` as its ``.data`` (numpy stays numpy, dask stays dask).
-
-    Other xarray objects are refused with what to do instead, until xarray input
-    is supported in full (dims, coordinates and masks).
-    """
-    module = type(X).__module__.split(".")[0]
-    if module != "xarray":
-        return X
-    kind = type(X).__name__
-    if kind != "DataArray":
-        raise TypeError(
-            f"xarray.{kind} input is not supported yet: pass one 2-D DataArray of shape "
-            "(samples, features), e.g. ds.to_dataarray('feature').T."
-        )
-    if X.ndim != 2:
-        raise ValueError(
-            f"The DataArray has dims {tuple(X.dims)}; dask-gmm takes 2-D (samples, "
-            "features) data for now. Stack the sample dims, e.g. "
-            "X.stack(sample=[...sample dims...]).transpose('sample', FEATURE_DIM)."
-        )
-    return X.data
-
-
-def check_X(estimator, X, reset, ensure_min_samples=1):
+def check_X(estimator, X, reset, ensure_min_samples=1, feature_dim=None):
     """Validate ``X`` for fit (``reset=True``) or for prediction.
 
     numpy-like input goes through scikit-learn's ``validate_data`` and stays
     numpy; dask arrays, zarr arrays and h5py datasets become validated dask
-    arrays. Sets ``n_features_in_`` when ``reset``.
+    arrays; xarray objects become their values with the sample dims first and
+    the features last (see ``_xarray``). NaN is accepted when the estimator's
+    ``nan_policy`` is ``'omit'``. Sets ``n_features_in_`` and ``feature_dim_``
+    (and ``feature_names_in_`` from xarray feature labels) when ``reset``.
 
     Returns
     -------
-    X : ndarray or dask.array.Array
+    X : ndarray of shape (n_samples, n_features) or dask.array.Array of shape \
+            (..., n_features)
     lazy : bool
         True when ``X`` is a dask array.
+    layout : SampleLayout or None
+        For xarray input: the sample dims and coordinates outputs go back to.
     """
-    X = unwrap_xarray(X)
+    layout = None
+    if xarray_kind(X) is not None:
+        fitted_dim = None if reset else getattr(estimator, "feature_dim_", None)
+        X, layout = from_xarray(
+            X, feature_dim, fitted_dim=fitted_dim,
+            fitted_names=getattr(estimator, "feature_names_in_", None) if fitted_dim
+            else None,
+        )
+    elif feature_dim is not None:
+        raise ValueError(
+            f"feature_dim={feature_dim!r} names a dim of an xarray input, but X is a "
+            f"{type(X).__name__}."
+        )
     if _is_lazy_store(X):
         X = open_array(X)
+    omit = getattr(estimator, "nan_policy", "raise") == "omit"
     if not is_dask_collection(X):
+        if layout is not None:
+            X = np.asarray(X)
+            X = X.reshape(-1, X.shape[-1]) if X.ndim > 1 else X
         X = validate_data(
             estimator,
             X,
             dtype=[np.float64, np.float32],
             ensure_min_samples=ensure_min_samples,
+            ensure_all_finite="allow-nan" if omit else True,
             reset=reset,
         )
-        return X, False
-    X = check_dask_array(X, type(estimator).__name__, ensure_min_samples)
-    n_features = X.shape[1]
+        _check_xarray_names(estimator, layout, reset)
+        return X, False, layout
+    X = check_dask_array(X, type(estimator).__name__, ensure_min_samples,
+                         allow_nd=layout is not None)
+    n_features = X.shape[-1]
     if reset:
         estimator.n_features_in_ = n_features
         if hasattr(estimator, "feature_names_in_"):
@@ -165,11 +166,32 @@ def check_X(estimator, X, reset, ensure_min_samples=1):
             f"X has {n_features} features, but {type(estimator).__name__} is "
             f"expecting {estimator.n_features_in_} features as input."
         )
-    return X, True
+    _check_xarray_names(estimator, layout, reset)
+    return X, True, layout
 
 
-def check_sample_weight(sample_weight, X, lazy):
-    """Validate per-row weights: 1-D, one per row, finite and non-negative.
+def _check_xarray_names(estimator, layout, reset):
+    """``feature_dim_``/``feature_names_in_`` from xarray input (fit), or checked (predict)."""
+    if reset:
+        estimator.feature_dim_ = None if layout is None else layout.feature_dim
+        if layout is not None and layout.feature_names is not None:
+            estimator.feature_names_in_ = layout.feature_names
+        return
+    fitted = getattr(estimator, "feature_names_in_", None)
+    if layout is None or layout.feature_names is None or fitted is None:
+        return
+    if list(layout.feature_names) != list(fitted):
+        raise ValueError(
+            "The feature names should match those that were passed during fit.\n"
+            f"Fitted on: {list(fitted)}\nX has: {list(layout.feature_names)}"
+        )
+
+
+def check_sample_weight(sample_weight, X, lazy, layout=None):
+    """Validate per-row weights: one per sample, finite and non-negative.
+
+    Weights may also come shaped like the samples of an N-D input (or as a
+    DataArray over its sample dims); they are returned flat, in C order.
 
     Weights whose mean is below 2**-10 or above 2**10 come back scaled by a power
     of two to a mean near 1 (the fit does not depend on their scale).
@@ -180,9 +202,18 @@ def check_sample_weight(sample_weight, X, lazy):
     """
     if sample_weight is None:
         return None
-    n_samples = X.shape[0]
+    if xarray_kind(sample_weight) == "DataArray":
+        dims = layout.dims if layout is not None else sample_weight.dims
+        sample_weight = sample_weight.transpose(*dims).data
+    n_samples = math.prod(X.shape[:-1])
+    sample_shape = X.shape[:-1] if lazy else (layout.shape if layout else (n_samples,))
+    gridded = (getattr(sample_weight, "ndim", 1) > 1
+               and tuple(sample_weight.shape) == tuple(sample_shape))
+    if gridded and not (lazy and is_dask_collection(sample_weight)):
+        sample_weight = np.reshape(sample_weight, -1)
+        gridded = False
     if is_dask_collection(sample_weight):
-        if sample_weight.ndim != 1 or sample_weight.shape[0] != n_samples:
+        if not gridded and (sample_weight.ndim != 1 or sample_weight.shape[0] != n_samples):
             raise ValueError(
                 f"sample_weight.shape == {sample_weight.shape}, expected "
                 f"({n_samples},)!"
@@ -226,8 +257,33 @@ def check_sample_weight(sample_weight, X, lazy):
     if exponent:
         sample_weight = sample_weight * np.float64(2.0) ** exponent
     if lazy and not is_dask_collection(sample_weight):
-        sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
+        sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],)
+                                      if X.ndim == 2 else "auto")
     return sample_weight
+
+
+def check_kept_rows(n_kept, n_components, n_samples, where=""):
+    """Refuse a fit that ``nan_policy='omit'`` leaves too few samples for.
+
+    Parameters
+    ----------
+    n_kept : int
+        Samples without NaN (in the data, or in a sample of it: see ``where``).
+    n_components, n_samples : int
+    where : str
+        How ``n_kept`` was counted when not over the whole data.
+    """
+    if n_kept == 0:
+        raise ValueError(
+            f"Every sample of X{where} holds NaN: with nan_policy='omit' there is "
+            "nothing left to fit."
+        )
+    if n_kept < n_components:
+        raise ValueError(
+            f"Expected n_samples >= n_components but got n_components = {n_components}, "
+            f"n_samples = {n_kept}: nan_policy='omit' left {n_kept} of {n_samples} "
+            f"samples{where} (the others hold NaN)."
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ._mstep import (
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
 )
-from ._options import COVARIANCE_TYPES, INIT_PARAMS
+from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
 from ._requests import EStep
 from ._validation import (  # noqa: F401 - InvalidParameterError is public
     InvalidParameterError,
@@ -93,6 +93,12 @@ class GaussianMixture(BaseMixture):
         change of the lower bound.
     verbose_interval : int, default=10
         Iterations between messages.
+    nan_policy : {'raise', 'omit'}, default='raise'
+        What a sample holding NaN in any feature means. 'raise': an error, as
+        in scikit-learn. 'omit': the sample is left out of the fit (no
+        statistic, k-means step or row draw uses it, and BIC/AIC count only
+        the samples kept); ``predict`` gives it -1, ``predict_proba`` and
+        ``score_samples`` NaN. Infinity is always an error.
 
     Attributes
     ----------
@@ -116,7 +122,11 @@ class GaussianMixture(BaseMixture):
         ``lower_bound`` after each iteration of the best initialisation.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
-        Only for input with string feature names (pandas).
+        Only for input with string feature names (pandas columns, the labels
+        of an xarray feature dim, a Dataset's variable names).
+    feature_dim_ : str or None
+        The feature dim of the xarray input the model was fitted on (a
+        Dataset's: ``'variable'``); prediction on xarray input uses it.
 
     Examples
     --------
@@ -144,6 +154,7 @@ class GaussianMixture(BaseMixture):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        nan_policy="raise",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -159,6 +170,7 @@ class GaussianMixture(BaseMixture):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.nan_policy = nan_policy
 
     # ------------------------------------------------------------------ hooks
 
@@ -178,6 +190,7 @@ class GaussianMixture(BaseMixture):
             )
         check_int("verbose", self.verbose, 0, owner)
         check_int("verbose_interval", self.verbose_interval, 1, owner)
+        check_option("nan_policy", self.nan_policy, NAN_POLICIES, owner)
 
     def _check_initial_values(self, n_features):
         """User-given initial weights, means and precisions, validated."""

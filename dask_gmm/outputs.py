@@ -25,7 +25,9 @@ import dask
 import numpy as np
 
 from . import paths
+from ._engine import join_features
 from ._estep import log_resp_and_norm
+from ._xarray import xarray_kind
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ def output_format(path):
     )
 
 
-def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None):
+def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None,
+                  omit_nan=False):
     """Every asked output of one row chunk, from one E-step.
 
     Parameters
@@ -62,16 +65,21 @@ def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None):
         Among ``OUTPUTS``.
     dtype : numpy dtype
         Of the probabilities and scores (the model's).
+    omit_nan : bool
+        Rows holding NaN get label -1 and NaN probabilities and scores.
 
     Returns
     -------
     dict of ndarray
         ``labels`` (n,) int64, ``proba`` (n, K), ``score_samples`` (n,).
     """
-    log_resp, log_norm = log_resp_and_norm(block, params, row_start, chunk_index)
+    log_resp, log_norm = log_resp_and_norm(block, params, row_start, chunk_index, omit_nan)
     values = {}
     if "labels" in names:
-        values["labels"] = log_resp.argmax(axis=1)
+        labels = np.nan_to_num(log_resp, nan=-np.inf).argmax(axis=1)
+        if omit_nan:
+            labels[np.isnan(log_norm)] = -1
+        values["labels"] = labels
     if "proba" in names:
         values["proba"] = np.exp(log_resp).astype(dtype, copy=False)
     if "score_samples" in names:
@@ -79,10 +87,11 @@ def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None):
     return values
 
 
-def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index):
+def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index,
+                      omit_nan=False):
     import zarr
 
-    values = predict_chunk(block, params, names, dtype, row_start, chunk_index)
+    values = predict_chunk(block, params, names, dtype, row_start, chunk_index, omit_nan)
     group = zarr.open_group(path, mode="r+")
     stop = row_start + len(block)
     for name, value in values.items():
@@ -129,8 +138,10 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     ----------
     model : GaussianMixture
         Fitted.
-    X : dask.array.Array of shape (n_samples, n_features)
-        Row-chunked, all features in one chunk.
+    X : dask.array.Array of shape (n_samples, n_features), or an xarray object
+        Features may span several chunks (joined in each row chunk's task).
+        xarray input (as ``model.predict`` takes it) is written as a Zarr
+        dataset that ``xarray.open_zarr`` opens on the input's grid.
     path : str or path-like
         ``*.zarr`` (a zarr group) or ``*.h5`` / ``*.hdf5`` (an HDF5 file).
     names : tuple of str
@@ -152,10 +163,16 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     from ._validation import check_X
 
     fmt = output_format(path)
-    X, lazy = check_X(model, X, reset=False)
+    if xarray_kind(X) is not None:
+        if fmt != "zarr":
+            raise ValueError(f"'{path}': predictions for xarray input are written as a "
+                             "Zarr dataset; name it '*.zarr'.")
+        return _write_xarray(model, X, path, names, overwrite, client, progress, source)
+    X, lazy, _ = check_X(model, X, reset=False)
     if not lazy:
         raise TypeError("write_predictions takes a dask array (see dask_gmm.open_array).")
-    X, chunk_rows = _aligned(X, chunk_rows)
+    X, chunk_rows = _aligned(join_features(X), chunk_rows)
+    omit = model.nan_policy == "omit"
     row_chunks = X.chunks[0]
     params = model._current_params()
     dtype = model.means_.dtype
@@ -167,12 +184,12 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
         if fmt == "zarr":
             _create_zarr(temporary, shapes, chunk_rows, source)
             task = dask.delayed(_write_zarr_chunk, pure=False)
-            tasks = [task(b, params, names, dtype, temporary, int(s), i)
+            tasks = [task(b, params, names, dtype, temporary, int(s), i, omit)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
             run_chunk_tasks(tasks, lambda i, rows: progress and progress(rows), client)
         else:
             task = dask.delayed(predict_chunk, pure=False)
-            tasks = [task(b, params, names, dtype, int(s), i)
+            tasks = [task(b, params, names, dtype, int(s), i, omit)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
             with _create_hdf5(temporary, shapes, chunk_rows, source) as handle:
 
@@ -184,6 +201,31 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
                         progress(row_chunks[i])
 
                 run_chunk_tasks(tasks, on_done, client)
+    return path
+
+
+XARRAY_OUTPUTS = {"labels": "predict", "proba": "predict_proba",
+                  "score_samples": "score_samples"}
+
+
+def _write_xarray(model, X, path, names, overwrite, client, progress, source):
+    """Outputs on xarray input as one Zarr dataset on the input's grid, whole or not at all."""
+    import xarray as xr
+
+    outputs = {name: getattr(model, XARRAY_OUTPUTS[name])(X) for name in names}
+    dataset = xr.Dataset({name: value.rename(name) for name, value in outputs.items()})
+    for value in dataset.data_vars.values():
+        value.encoding.clear()
+    dataset.attrs.update({paths.MARKER: paths.PREDICTIONS, "dask_gmm:source": source})
+    with paths.atomic_output(path, overwrite, paths.PREDICTIONS) as temporary:
+        delayed = dataset.to_zarr(str(temporary), mode="w-", compute=False)
+        if client is not None:
+            client.compute(delayed).result()
+        else:
+            dask.compute(delayed)
+    if progress is not None:
+        first = dataset[names[0]]
+        progress(math.prod(n for dim, n in first.sizes.items() if dim != "component"))
     return path
 
 

@@ -33,7 +33,7 @@ import zipfile
 import numpy as np
 
 from . import paths
-from ._options import COVARIANCE_TYPES, MODEL_FORMAT, RESULT_COLUMNS, VERSION
+from ._options import COVARIANCE_TYPES, MODEL_FORMAT, NAN_POLICIES, RESULT_COLUMNS, VERSION
 
 # The classes a model file may name, registered by their modules (``@register``):
 # this module builds them without importing them, so no import goes both ways.
@@ -50,7 +50,9 @@ FORMAT_VERSION = 1
 FITTED_ARRAYS = ("weights_", "means_", "covariances_", "precisions_",
                  "precisions_cholesky_", "feature_names_in_")
 FITTED_SCALARS = ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
-                  "n_features_in_")
+                  "n_features_in_", "feature_dim_")
+# Ours alone: not given to the scikit-learn twin of ``to_sklearn``.
+OWN_NAMES = ("nan_policy", "feature_dim_")
 ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
 
 
@@ -295,6 +297,11 @@ def _read_gaussian_mixture(path, sizes, params, fitted, prefix=""):
         if name in fitted and (isinstance(fitted[name], bool)
                                or not isinstance(fitted[name], int) or fitted[name] < 0):
             _fail(path, name, f"is {fitted[name]!r}")
+    if params.get("nan_policy", "raise") not in NAN_POLICIES:
+        _fail(path, "nan_policy", f"is {params['nan_policy']!r}")
+    dim = fitted.get("feature_dim_")
+    if dim is not None and not (isinstance(dim, str) and len(dim) <= 1024):
+        _fail(path, "feature_dim_", f"is {dim!r}, not a dim name")
     if "lower_bounds_" in fitted and not isinstance(fitted["lower_bounds_"], list):
         _fail(path, "lower_bounds_", "is not a list")
 
@@ -401,8 +408,10 @@ def to_sklearn(model):
     params = model.get_params(deep=False)
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None
+    for name in OWN_NAMES:
+        params.pop(name, None)
     twin = SklearnGaussianMixture(**params)
     for name in FITTED_ARRAYS + FITTED_SCALARS:
-        if hasattr(model, name):
+        if hasattr(model, name) and name not in OWN_NAMES:
             setattr(twin, name, getattr(model, name))
     return twin

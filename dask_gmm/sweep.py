@@ -69,7 +69,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
             'spherical')
     criterion : {'bic', 'aic'}, default='bic'
         Lower is better; the best candidate becomes ``best_estimator_``.
-    tol, reg_covar, max_iter, n_init, init_params, verbose, verbose_interval
+    tol, reg_covar, max_iter, n_init, init_params, verbose, verbose_interval, nan_policy
         As in :class:`~dask_gmm.GaussianMixture`, for every candidate.
     random_state : int, RandomState instance or None, default=None
         Given to every candidate as it is. A ``RandomState`` instance is first
@@ -113,6 +113,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         verbose=0,
         verbose_interval=10,
         progress=False,
+        nan_policy="raise",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -126,6 +127,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.verbose_interval = verbose_interval
         self.progress = progress
+        self.nan_policy = nan_policy
 
     def _check_grid(self, n_samples):
         """Refuse, before anything is built, a grid larger than the data can support.
@@ -174,13 +176,13 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 n_components=k, covariance_type=covariance_type, tol=self.tol,
                 reg_covar=self.reg_covar, max_iter=self.max_iter, n_init=self.n_init,
                 init_params=self.init_params, random_state=seed, verbose=self.verbose,
-                verbose_interval=self.verbose_interval,
+                verbose_interval=self.verbose_interval, nan_policy=self.nan_policy,
             )
             candidate._validate_hyperparameters()  # a bad grid fails before any read
             candidates.append(candidate)
         return candidates
 
-    def fit(self, X, y=None, sample_weight=None, checkpoint=None):
+    def fit(self, X, y=None, sample_weight=None, checkpoint=None, feature_dim=None):
         """Fit every candidate, score it on ``X`` and keep the best.
 
         Parameters
@@ -193,15 +195,18 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
             A folder keeping one EM checkpoint per candidate (see
             :meth:`GaussianMixture.fit`); fitting again with it resumes every
             candidate where it stopped.
+        feature_dim : str, default=None
+            The feature dim of an xarray ``X`` (see :meth:`GaussianMixture.fit`).
 
         Returns
         -------
         self : GaussianMixtureSweep
         """
-        X, lazy = check_X(self, X, reset=True, ensure_min_samples=2)
-        self._check_grid(X.shape[0])
+        X, lazy, layout = check_X(self, X, reset=True, ensure_min_samples=2,
+                                  feature_dim=feature_dim)
+        self._check_grid(math.prod(X.shape[:-1]))
         candidates = self._candidates()
-        data = prepare_rows(X, lazy, sample_weight)
+        data = prepare_rows(X, lazy, sample_weight, layout, self.nan_policy)
         start = time.perf_counter()
         finished_at = [np.nan] * len(candidates)
         n_passes = [0] * len(candidates)
@@ -210,7 +215,10 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
 
         def timed(i, candidate):
             nonlocal n_finished
-            candidate.n_features_in_ = X.shape[1]
+            candidate.n_features_in_ = data.shape[1]
+            candidate.feature_dim_ = self.feature_dim_
+            if hasattr(self, "feature_names_in_"):
+                candidate.feature_names_in_ = self.feature_names_in_
             path = None
             if checkpoint is not None:
                 path = os.path.join(os.fspath(checkpoint), f"{candidate.covariance_type}-"

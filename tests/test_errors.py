@@ -98,12 +98,6 @@ def test_feature_count_mismatch_at_predict(X):
         gm.score_samples(X[:, :2])
 
 
-def test_chunks_that_split_the_features_show_the_fix(X):
-    split = da.from_array(X, chunks=(100, 2))
-    with pytest.raises(ValueError, match=r"X.rechunk\(\{1: 3\}\)"):
-        GaussianMixture(2).fit(split)
-
-
 def test_unknown_chunk_sizes(X):
     dX = as_dask(X, 100)
     unknown = dX[dX[:, 0] > -np.inf]

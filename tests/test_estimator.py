@@ -19,9 +19,12 @@ from .helpers import COVARIANCE_TYPES, as_dask, blobs, count_computes, reference
 
 
 def test_constructor_matches_sklearn_signature():
+    """scikit-learn's parameters, in order and with their defaults; ours come after."""
     ours = inspect.signature(GaussianMixture.__init__).parameters
     theirs = inspect.signature(SklearnGaussianMixture.__init__).parameters
-    assert list(ours) == list(theirs)
+    assert list(ours) == list(theirs) + ["nan_policy"]
+    assert ours["nan_policy"].default == "raise"
+    assert ours["nan_policy"].kind == inspect.Parameter.KEYWORD_ONLY
     for name in theirs:
         assert ours[name].default == theirs[name].default, name
         assert ours[name].kind == theirs[name].kind, name

@@ -117,25 +117,25 @@ def test_opened_hdf5_fits_on_a_process_cluster(tmp_path, X):
     np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-8)
 
 
-def test_xarray_dataarray_is_taken_as_its_data_until_full_support(X, tmp_path):
+def test_2d_xarray_dataarray_fits_like_its_values(X, tmp_path):
     """A dask-backed DataArray raised a TypeError from inside; numpy-backed gave dask output."""
-    import dask.array as da
     import xarray as xr
 
     reference = GaussianMixture(3, random_state=0).fit(X)
     as_numpy = xr.DataArray(X, dims=("sample", "band"))
     fitted = GaussianMixture(3, random_state=0).fit(as_numpy)
     np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-10)
-    assert isinstance(fitted.predict(as_numpy), np.ndarray)
+    labels = fitted.predict(as_numpy)
+    assert isinstance(labels, xr.DataArray) and isinstance(labels.data, np.ndarray)
+    assert labels.dims == ("sample",)
     xr.Dataset({"x": as_numpy}).to_zarr(tmp_path / "x.zarr")
     as_dask = xr.open_zarr(tmp_path / "x.zarr")["x"].chunk({"sample": 250})
     fitted = GaussianMixture(3, random_state=0).fit(as_dask)
+    assert fitted.feature_dim_ == "band"
     np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-8)
     labels = fitted.predict(as_dask)
-    assert isinstance(labels, da.Array)
-    np.testing.assert_array_equal(labels.compute(), reference.predict(X))
+    assert hasattr(labels.data, "dask") and labels.chunks == ((250,) * 8,)
+    np.testing.assert_array_equal(labels.values, reference.predict(X))
     cube = xr.DataArray(X.reshape(10, -1, 3), dims=("y", "x", "band"))
-    with pytest.raises(ValueError, match=r"dims \('y', 'x', 'band'\).*stack"):
+    with pytest.raises(ValueError, match=r"dims \('y', 'x', 'band'\).*feature_dim"):
         GaussianMixture(3).fit(cube)
-    with pytest.raises(TypeError, match="xarray.Dataset input is not supported yet"):
-        GaussianMixture(3).fit(xr.Dataset({"x": as_numpy}))
