@@ -95,12 +95,12 @@ def check_finite_rows(X, block_start=0, where="", row_numbers=None, place=None):
 def _raise_bad_rows(kind, positions, block_start, where, row_numbers, place):
     more = " and more" if len(positions) > 5 else ""
     positions = positions[:5]
+    numbers = (positions + block_start if row_numbers is None
+               else np.asarray(row_numbers)[positions])
     if place is not None:
-        described, where = place.describe(positions + block_start), place.where
-    elif row_numbers is not None:
-        described = f"rows {np.asarray(row_numbers)[positions].tolist()}"
+        described, where = place.describe(numbers), where or place.where
     else:
-        described = f"rows {(positions + block_start).tolist()}"
+        described = f"rows {numbers.tolist()}"
     raise NonFiniteInputError(
         f"Input X contains {kind}{where}: {described}{more} are not finite. Remove "
         "or impute them before fitting (or pass nan_policy='omit' to skip samples "
@@ -146,10 +146,11 @@ def nan_rows(rows):
     return np.isnan(rows).any(axis=1)
 
 
-def screen_rows(rows, w, omit_nan, block_start=0, place=None):
+def screen_rows(rows, w, omit_nan, block_start=0, place=None, row_numbers=None):
     """Check a block's rows; under ``omit_nan`` take out the rows holding NaN.
 
-    Infinity is an error whatever the policy.
+    Infinity is an error whatever the policy. ``block_start``, ``place`` and
+    ``row_numbers`` locate the rows for messages (see :func:`check_finite_rows`).
 
     Returns
     -------
@@ -162,8 +163,8 @@ def screen_rows(rows, w, omit_nan, block_start=0, place=None):
     if omit_nan and not np.isfinite(rows.sum(dtype=np.float64)):
         infinite = np.isinf(rows).any(axis=1)
         if infinite.any():
-            _raise_bad_rows("infinity", np.flatnonzero(infinite), block_start, "", None,
-                            place or RowPlace())
+            _raise_bad_rows("infinity", np.flatnonzero(infinite), block_start, "",
+                            row_numbers, place or RowPlace())
         masked = nan_rows(rows)
         if masked.any():
             kept = np.flatnonzero(~masked)

@@ -23,7 +23,7 @@ import logging
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from ._estep import check_finite_rows, check_rows, screen_rows
+from ._estep import RowPlace, check_finite_rows, check_rows, screen_rows
 from ._mstep import Params, m_step, precision_cholesky
 from ._requests import HardAssignment, RandomResponsibilities, TakeRows
 from ._validation import check_kept_rows
@@ -56,13 +56,26 @@ def draw_rows(data, indices):
     rows = yield TakeRows(indices)
     rows = np.asarray(rows, dtype=np.float64)
     if not data.omit_nan:
-        check_finite_rows(rows, row_numbers=indices)
+        check_finite_rows(rows, row_numbers=indices, place=_grid_place(data))
         check_rows(rows)
     return rows
 
 
-def usable_rows(rows, data):
+def _grid_place(data):
+    """Messages about drawn rows of an N-D input name them on the sample grid."""
+    grid = data.sample_shape
+    return RowPlace((0,) * len(grid), grid, grid) if len(grid) > 1 else None
+
+
+def usable_rows(rows, data, indices):
     """The drawn rows a fit may use: all of them, or those without NaN under 'omit'.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, n_features)
+    data : ChunkedRows
+    indices : ndarray of shape (n,)
+        The sample number of each row, for messages.
 
     Returns
     -------
@@ -70,7 +83,7 @@ def usable_rows(rows, data):
     """
     if not data.omit_nan:
         return rows
-    rows, _, _ = screen_rows(rows, None, omit_nan=True)
+    rows, _, _ = screen_rows(rows, None, True, place=_grid_place(data), row_numbers=indices)
     return rows
 
 
@@ -79,11 +92,10 @@ def _sample(data, n_components, random_state):
     n_samples = data.shape[0]
     whole = n_samples <= KMEANS_SAMPLE_ROWS
     if whole:
-        rows = yield from draw_rows(data, np.arange(n_samples))
+        indices = np.arange(n_samples)
     else:
-        indices = random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False)
-        rows = yield from draw_rows(data, np.sort(indices))
-    rows = usable_rows(rows, data)
+        indices = np.sort(random_state.choice(n_samples, KMEANS_SAMPLE_ROWS, replace=False))
+    rows = usable_rows((yield from draw_rows(data, indices)), data, indices)
     if data.omit_nan:
         where = "" if whole else f" (in a random sample of {KMEANS_SAMPLE_ROWS:,})"
         check_kept_rows(len(rows), n_components, n_samples, where)
@@ -104,14 +116,15 @@ def _rows_from_data(data, n_components, random_state):
         indices = random_state.choice(n_samples, size=n_components, replace=False)
         return (yield from draw_rows(data, indices))
     if n_samples <= KMEANS_SAMPLE_ROWS:
-        kept = usable_rows((yield from draw_rows(data, np.arange(n_samples))), data)
+        indices = np.arange(n_samples)
+        kept = usable_rows((yield from draw_rows(data, indices)), data, indices)
         check_kept_rows(len(kept), n_components, n_samples)
         return kept[random_state.choice(len(kept), size=n_components, replace=False)]
     size = 4 * n_components
     while True:
         size = min(size, KMEANS_SAMPLE_ROWS)
         indices = random_state.choice(n_samples, size=size, replace=False)
-        kept = usable_rows((yield from draw_rows(data, indices)), data)
+        kept = usable_rows((yield from draw_rows(data, indices)), data, indices)
         if len(kept) >= n_components or size == KMEANS_SAMPLE_ROWS:
             check_kept_rows(len(kept), n_components, n_samples,
                             f" (in a random sample of {size:,})")
