@@ -22,7 +22,7 @@ import warnings
 import click
 
 from ._engine import worker_settings
-from ._options import INIT_PARAMS
+from ._options import INIT_PARAMS, NAN_POLICIES
 
 logger = logging.getLogger("dask_gmm.cli")
 
@@ -207,7 +207,26 @@ def em_options(command):
                      help="Integer seed of the initialisation (scikit-learn's "
                           "random_state): the same seed on the same data gives the same "
                           "model. Default: a fresh random start every run."),
+        click.option("--nan-policy", type=click.Choice(NAN_POLICIES), default="raise",
+                     show_default=True,
+                     help="'omit' leaves samples holding NaN out of the fit (predict "
+                          "labels them -1); 'raise' refuses them."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return data_options(command)
+
+
+def data_options(command):
+    """How DATA is read: an array (``--dataset``) or xarray variables and their feature dim."""
+    options = [
         click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file."),
+        click.option("--variable", "variables", multiple=True,
+                     help="Read DATA with xarray (a Zarr store or netCDF file) and use this "
+                          "variable; repeat it to take several variables as the features."),
+        click.option("--feature-dim", default=None,
+                     help="The dim of --variable holding the features (e.g. band); every "
+                          "other dim is a sample dim."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -277,7 +296,9 @@ def scheduler_context(settings, X=None):
 
 
 def check_worker_memory(client, X):
-    """Refuse chunks the cluster's workers cannot hold (see ``_base``)."""
+    """Refuse chunks the cluster's workers cannot hold (see ``_engine``)."""
     from ._engine import check_chunks_fit_workers
 
-    check_chunks_fit_workers(X, client)
+    X = getattr(X, "data", X) if type(X).__name__ == "DataArray" else X
+    if hasattr(X, "chunks") and hasattr(X, "dask") and X.ndim >= 2:
+        check_chunks_fit_workers(X, client)

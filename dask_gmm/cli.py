@@ -23,6 +23,7 @@ import numpy as np
 from . import paths
 from ._command import (
     command_options,
+    data_options,
     em_options,
     one_line,
     plural,
@@ -59,11 +60,55 @@ def parse_covariance_types(text):
     return values
 
 
-def open_data(path, dataset, settings):
+def open_data(path, dataset, settings, variables=(), feature_dim=None):
+    """DATA as a dask array (``open_array``), or as xarray with ``--variable``.
+
+    One variable gives a DataArray (its ``--feature-dim`` holds the features);
+    several give a Dataset whose variables are the features.
+    """
+    if variables or feature_dim:
+        if dataset is not None:
+            raise click.UsageError("--dataset names an array; with --variable/--feature-dim "
+                                   "DATA is read with xarray: name variables instead.")
+        return open_xarray(path, variables, feature_dim, settings)
     from .io import open_array
 
     X = open_array(path, dataset=dataset, chunks=settings.chunk_rows)
     logger.info("data: %s rows x %s features in %s chunks", *X.shape, X.numblocks[0])
+    return X
+
+
+def open_xarray(path, variables, feature_dim, settings):
+    """A Zarr store or netCDF file opened lazily with xarray, as the features asked for."""
+    try:
+        import xarray as xr
+    except ImportError:
+        raise click.UsageError("--variable/--feature-dim read DATA with xarray: "
+                               "pip install 'dask-gmm[xarray]'") from None
+    if settings.chunk_rows is not None:
+        raise click.UsageError("--chunk-rows applies to arrays; xarray DATA keeps the "
+                               "chunks it is stored in.")
+    text = os.fspath(path).rstrip("/")
+    if text.endswith((".nc", ".nc4", ".cdf")):
+        store = xr.open_dataset(text, chunks={})
+    else:
+        store = xr.open_zarr(text)
+    names = list(variables) or [str(v) for v in store.data_vars]
+    missing = [v for v in names if v not in store.data_vars]
+    if missing:
+        raise ValueError(f"'{path}' has no variable {missing[0]!r}; it has "
+                         f"{[str(v) for v in store.data_vars]}.")
+    if len(names) == 1:
+        X = store[names[0]]
+        if feature_dim is None and X.ndim != 2:
+            raise ValueError(f"Variable {names[0]!r} has dims {tuple(X.dims)}: name the one "
+                             "holding the features with --feature-dim.")
+    elif not variables:
+        raise ValueError(f"'{path}' has several variables {names}: name the ones to use "
+                         "with --variable (repeat it to take several as the features).")
+    else:
+        X = store[names]
+    logger.info("data: %s of %s", names, dict(store[names[0]].sizes))
     return X
 
 
@@ -74,6 +119,11 @@ def print_model(model, stream=None):
          f"{model.covariance_type!r}, {n_features} features, dtype {model.means_.dtype}")
     echo(f"  converged: {model.converged_}, EM iterations: {model.n_iter_}, "
          f"lower bound (mean log-likelihood): {model.lower_bound_:.6f}")
+    if getattr(model, "feature_dim_", None) or model.nan_policy != "raise":
+        names = getattr(model, "feature_names_in_", None)
+        echo(f"  features: dim {model.feature_dim_!r}"
+             + (f" {list(names)}" if names is not None else "")
+             + f", nan_policy={model.nan_policy!r}")
     order = np.argsort(model.weights_)[::-1]
     for k in order:
         mean = np.array2string(model.means_[k], precision=3, max_line_width=10_000,
@@ -171,22 +221,25 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
               help="Keep the EM state here after every iteration; run again to resume.")
 @command_options()
 def fit(settings, data, n_components, covariance_type, init_params, n_init, max_iter, tol,
-        reg_covar, seed, dataset, out, overwrite, checkpoint):
+        reg_covar, seed, nan_policy, dataset, variables, feature_dim, out, overwrite,
+        checkpoint):
     """Fit one mixture to DATA and save it to --out."""
     from ._base import fit_estimator
     from .gaussian_mixture import GaussianMixture
 
     check_checkpoint(checkpoint, data, [out])
     paths.check_output(out, overwrite, paths.MODEL, inputs=[data, checkpoint])
-    X = open_data(data, dataset, settings)
+    X = open_data(data, dataset, settings, variables, feature_dim)
     model = GaussianMixture(n_components, covariance_type=covariance_type, tol=tol,
                             reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-                            init_params=init_params, random_state=seed)
+                            init_params=init_params, random_state=seed,
+                            nan_policy=nan_policy)
     with scheduler_context(settings, X):
         start = time.perf_counter()
         with progress_bar(settings.progress, "fit", "pass") as bar:
             on_round = None if bar is None else (lambda running: bar.update(1))
-            fit_estimator(model, X, on_round=on_round, checkpoint=checkpoint)
+            fit_estimator(model, X, on_round=on_round, checkpoint=checkpoint,
+                          feature_dim=feature_dim)
         elapsed = time.perf_counter() - start
     save_model_or_keep(model, out, overwrite)
     print_model(model)
@@ -224,7 +277,8 @@ def check_checkpoint(checkpoint, data, outputs):
               help="Folder keeping every candidate's EM state; run again to resume.")
 @command_options()
 def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, max_iter,
-          tol, reg_covar, seed, dataset, plot, results, out, overwrite, checkpoint):
+          tol, reg_covar, seed, nan_policy, dataset, variables, feature_dim, plot, results,
+          out, overwrite, checkpoint):
     """Fit every K x covariance type candidate on DATA together; report the best."""
     from .sweep import GaussianMixtureSweep
 
@@ -235,15 +289,15 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
         if path is not None:
             paths.check_output(path, overwrite, kind, inputs=[data, checkpoint],
                                option=option)
-    X = open_data(data, dataset, settings)
+    X = open_data(data, dataset, settings, variables, feature_dim)
     model = GaussianMixtureSweep(ks, types, criterion, tol=tol, reg_covar=reg_covar,
                                  max_iter=max_iter, n_init=n_init,
                                  init_params=init_params, random_state=seed,
-                                 progress=settings.progress)
-    model._check_grid(X.shape[0])
+                                 progress=settings.progress, nan_policy=nan_policy)
+    model._check_grid(sample_count(X, feature_dim))
     with scheduler_context(settings, X):
         start = time.perf_counter()
-        model.fit(X, checkpoint=checkpoint)
+        model.fit(X, checkpoint=checkpoint, feature_dim=feature_dim)
         elapsed = time.perf_counter() - start
     click.echo(results_table(model.results_))
     best = model.best_params_
@@ -290,16 +344,18 @@ def write_plot(results, path, criterion, overwrite=False):
                    "zarr group for a '.zarr' path, an HDF5 file for '.h5' / '.hdf5'.")
 @click.option("--proba", is_flag=True, help="Also write the responsibilities.")
 @click.option("--score-samples", is_flag=True, help="Also write per-row log-likelihoods.")
-@click.option("--dataset", default=None, help="Array in a zarr group or HDF5 file.")
+@data_options
 @click.option("--overwrite", is_flag=True,
               help="Replace --out if it is a prediction output dask-gmm wrote.")
 @command_options()
-def predict(settings, data, model_path, out, proba, score_samples, dataset, overwrite):
+def predict(settings, data, model_path, out, proba, score_samples, dataset, variables,
+            feature_dim, overwrite):
     """Label every row of DATA with a saved model, out of core, into --out.
 
     The outputs are chunked like DATA's storage and written under a temporary
     name that is renamed into place at the end: an interrupted or failed run
-    leaves nothing at --out and no temporary behind.
+    leaves nothing at --out and no temporary behind. xarray DATA (--variable)
+    gets a Zarr dataset on its own grid and coordinates (xarray.open_zarr).
     """
     from .outputs import output_format
     from .persistence import load
@@ -307,24 +363,45 @@ def predict(settings, data, model_path, out, proba, score_samples, dataset, over
     paths.check_output(out, overwrite, paths.PREDICTIONS, inputs=[data, model_path])
     output_format(out)
     model = load(model_path)
-    X = open_data(data, dataset, settings)
+    if variables:  # the model remembers the feature dim it was fitted with
+        feature_dim = feature_dim or getattr(model, "feature_dim_", None)
+    X = open_data(data, dataset, settings, variables, feature_dim)
     names = ("labels",) + ("proba",) * proba + ("score_samples",) * score_samples
+    n_samples = sample_count(X, feature_dim or getattr(model, "feature_dim_", None))
     with scheduler_context(settings, X) as client:
         start = time.perf_counter()
-        write_outputs(model, X, out, names, data, dataset, overwrite, settings, client)
-    click.echo(f"wrote {', '.join(names)} for {X.shape[0]:,} rows to {out} in "
+        write_outputs(model, X, out, names, data, dataset, overwrite, settings, client,
+                      n_samples, feature_dim)
+    click.echo(f"wrote {', '.join(names)} for {n_samples:,} rows to {out} in "
                f"{time.perf_counter() - start:.1f}s")
 
 
-def write_outputs(model, X, out, names, data, dataset, overwrite, settings, client):
+def sample_count(X, feature_dim=None):
+    """Samples in DATA: rows of an array, or the product of an xarray input's sample dims."""
+    kind = type(X).__name__
+    if kind == "Dataset":
+        X = X[next(iter(X.data_vars))]
+        return math.prod(X.shape)
+    if kind == "DataArray":
+        dim = feature_dim if feature_dim in X.dims else X.dims[-1]
+        return math.prod(n for d, n in X.sizes.items() if d != dim)
+    return X.shape[0]
+
+
+def write_outputs(model, X, out, names, data, dataset, overwrite, settings, client,
+                  n_samples, feature_dim=None):
     """Per-row outputs with a progress bar over rows, chunked like the input's storage."""
     from .io import storage_row_chunks
     from .outputs import write_predictions
 
-    with progress_bar(settings.progress, "predict", "row", total=X.shape[0],
+    if feature_dim is not None and feature_dim != getattr(model, "feature_dim_", None):
+        raise ValueError(f"The model was fitted with feature dim "
+                         f"{getattr(model, 'feature_dim_', None)!r}, not {feature_dim!r}.")
+    xarray_input = type(X).__name__ in ("DataArray", "Dataset")
+    with progress_bar(settings.progress, "predict", "row", total=n_samples,
                       unit_scale=True) as bar:
         write_predictions(model, X, out, names,
-                          chunk_rows=storage_row_chunks(data, dataset),
+                          chunk_rows=None if xarray_input else storage_row_chunks(data, dataset),
                           overwrite=overwrite, client=client,
                           progress=None if bar is None else bar.update)
 

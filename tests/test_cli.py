@@ -271,3 +271,49 @@ def test_predict_output_format_follows_the_suffix(generated, tmp_path):
         np.testing.assert_array_equal(f["labels"][:], load(model_path).predict(X))
         assert f["labels"].chunks == (1000,) and "score_samples" in f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "s.h5"]
+
+
+def test_xarray_cube_with_masked_pixels_fit_sweep_predict(tmp_path):
+    """A (y, x, band) Zarr cube, one band per chunk, NaN over 'land': labels on its grid."""
+    xr = pytest.importorskip("xarray")
+    rng = np.random.RandomState(0)
+    values = np.where(rng.rand(60, 80, 1) < 0.5, 0.2, 0.8) + rng.normal(0, 0.05, (60, 80, 3))
+    values[:10, :20] = np.nan
+    cube = xr.DataArray(values, dims=("y", "x", "band"),
+                        coords={"y": np.arange(60.0), "x": np.arange(80.0) / 2,
+                                "band": ["b1", "b2", "b3"]})
+    data = tmp_path / "cube.zarr"
+    bands = cube.to_dataset(dim="band")  # variables b1, b2, b3 over (y, x)
+    xr.merge([bands, cube.rename("reflectance")]).chunk(
+        {"y": 30, "x": 40, "band": 1}).to_zarr(data)
+    model_path, out = tmp_path / "model.npz", tmp_path / "labels.zarr"
+    fitted = dask_gmm("fit", data, "--variable", "reflectance", "--feature-dim", "band",
+                      "--nan-policy", "omit", "-k", 2, "--seed", 0, "--out", model_path,
+                      "--no-progress")
+    assert "features: dim 'band' ['b1', 'b2', 'b3'], nan_policy='omit'" in fitted.stdout
+    dask_gmm("predict", data, "--variable", "reflectance", "--model", model_path,
+             "--out", out, "--proba", "--no-progress")
+    written = xr.open_zarr(out)
+    assert written["labels"].dims == ("y", "x")
+    assert written["proba"].dims == ("y", "x", "component")
+    np.testing.assert_array_equal(written["x"].values, cube.x.values)
+    labels = written["labels"].values
+    assert (labels[:10, :20] == -1).all()
+    reference = GaussianMixture(2, random_state=0, nan_policy="omit").fit(
+        cube, feature_dim="band")
+    np.testing.assert_array_equal(labels, reference.predict(cube).values)
+    # several variables: a Dataset whose variables are the features
+    swept = dask_gmm("sweep", data, "--variable", "b1", "--variable", "b3",
+                     "-k", "1:2", "--covariance-type", "diag", "--nan-policy", "omit",
+                     "--seed", 0, "--no-progress")
+    assert "best by BIC: 2 components" in swept.stdout
+    # what a user gets wrong is named on one line
+    for args, message in (
+            (["--variable", "reflectance"], "name the one holding the features with "
+                                            "--feature-dim"),
+            (["--variable", "nope", "--feature-dim", "band"], "has no variable 'nope'"),
+            (["--variable", "reflectance", "--feature-dim", "band"], "Input X contains NaN")):
+        failed = dask_gmm("fit", data, *args, "-k", 2, "--out", tmp_path / "m2.npz",
+                          "--no-progress", check=False)
+        assert failed.returncode != 0 and message in failed.stderr, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1
