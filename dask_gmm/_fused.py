@@ -217,3 +217,50 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
         np.dot(resp, quad_t.T, s2_tile)
         s2 += s2_tile
     return log_likelihood
+
+
+@compiled()
+def take_complete_rows(rows, out, positions):
+    """Copy the rows without NaN to the front of ``out`` in one pass (``nan_policy='omit'``).
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D), float32 or float64
+    out : ndarray like ``rows``
+        Receives the kept rows in order.
+    positions : ndarray of shape (n,), int64
+        Receives the kept rows' positions in ``rows``.
+
+    Returns
+    -------
+    n_kept : int
+    n_infinite : int
+        Rows holding infinity (an error whatever the policy).
+    low, high : float
+        Smallest and largest value among the kept rows (for the magnitude check).
+    """
+    n, n_features = rows.shape
+    n_kept = 0
+    n_infinite = 0
+    low, high = np.inf, -np.inf
+    for i in range(n):
+        complete = True
+        infinite = False
+        for j in range(n_features):
+            value = rows[i, j]
+            if np.isnan(value):
+                complete = False
+            elif np.isinf(value):
+                infinite = True
+        if infinite:
+            n_infinite += 1
+        if not complete:
+            continue
+        for j in range(n_features):
+            value = rows[i, j]
+            out[n_kept, j] = value
+            low = min(low, value)
+            high = max(high, value)
+        positions[n_kept] = i
+        n_kept += 1
+    return n_kept, n_infinite, low, high

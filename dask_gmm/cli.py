@@ -60,11 +60,13 @@ def parse_covariance_types(text):
     return values
 
 
-def open_data(path, dataset, settings, variables=(), feature_dim=None):
+def open_data(path, dataset, settings, variables=(), feature_dim=None, nan_policy="raise"):
     """DATA as a dask array (``open_array``), or as xarray with ``--variable``.
 
     One variable gives a DataArray (its ``--feature-dim`` holds the features);
-    several give a Dataset whose variables are the features.
+    several give a Dataset whose variables are the features. Under
+    ``--nan-policy omit`` zarr chunks missing from an array whose fill value is
+    NaN are masked samples, not an error.
     """
     if variables or feature_dim:
         if dataset is not None:
@@ -73,7 +75,8 @@ def open_data(path, dataset, settings, variables=(), feature_dim=None):
         return open_xarray(path, variables, feature_dim, settings)
     from .io import open_array
 
-    X = open_array(path, dataset=dataset, chunks=settings.chunk_rows)
+    X = open_array(path, dataset=dataset, chunks=settings.chunk_rows,
+                   missing_chunks="nan" if nan_policy == "omit" else "error")
     logger.info("data: %s rows x %s features in %s chunks", *X.shape, X.numblocks[0])
     return X
 
@@ -229,7 +232,7 @@ def fit(settings, data, n_components, covariance_type, init_params, n_init, max_
 
     check_checkpoint(checkpoint, data, [out])
     paths.check_output(out, overwrite, paths.MODEL, inputs=[data, checkpoint])
-    X = open_data(data, dataset, settings, variables, feature_dim)
+    X = open_data(data, dataset, settings, variables, feature_dim, nan_policy)
     model = GaussianMixture(n_components, covariance_type=covariance_type, tol=tol,
                             reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
                             init_params=init_params, random_state=seed,
@@ -289,7 +292,7 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
         if path is not None:
             paths.check_output(path, overwrite, kind, inputs=[data, checkpoint],
                                option=option)
-    X = open_data(data, dataset, settings, variables, feature_dim)
+    X = open_data(data, dataset, settings, variables, feature_dim, nan_policy)
     model = GaussianMixtureSweep(ks, types, criterion, tol=tol, reg_covar=reg_covar,
                                  max_iter=max_iter, n_init=n_init,
                                  init_params=init_params, random_state=seed,
@@ -365,7 +368,7 @@ def predict(settings, data, model_path, out, proba, score_samples, dataset, vari
     model = load(model_path)
     if variables:  # the model remembers the feature dim it was fitted with
         feature_dim = feature_dim or getattr(model, "feature_dim_", None)
-    X = open_data(data, dataset, settings, variables, feature_dim)
+    X = open_data(data, dataset, settings, variables, feature_dim, model.nan_policy)
     names = ("labels",) + ("proba",) * proba + ("score_samples",) * score_samples
     n_samples = sample_count(X, feature_dim or getattr(model, "feature_dim_", None))
     with scheduler_context(settings, X) as client:

@@ -224,8 +224,20 @@ class ZarrRows:
         )
 
 
-def _check_stored_chunks(array, source, storage_options):
-    """Refuse a zarr array with chunks missing from storage (zarr would read fill values)."""
+MISSING_CHUNKS = ("error", "nan")
+
+
+def _check_stored_chunks(array, source, storage_options, missing_chunks="error"):
+    """Refuse a zarr array with chunks missing from storage (zarr would read fill values).
+
+    With ``missing_chunks='nan'`` an array whose fill value is NaN may miss
+    chunks: they read as NaN, samples that ``nan_policy='omit'`` leaves out.
+    """
+    fill = array.metadata.fill_value if hasattr(array.metadata, "fill_value") else None
+    if fill is None:
+        fill = getattr(array, "fill_value", None)
+    if missing_chunks == "nan" and fill is not None and np.isnan(fill):
+        return
     expected = array.nchunks
     try:
         stored = array.nchunks_initialized
@@ -239,12 +251,16 @@ def _check_stored_chunks(array, source, storage_options):
                       f"{min((c[0] + 1) * rows, array.shape[0]) - 1})"
                       for c in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    hint = (f" Its fill value is {fill!r}, not NaN, so they cannot count as masked "
+            "samples either." if missing_chunks == "nan" else
+            " If the array's fill value is NaN and missing chunks mean 'no data', fit "
+            "with nan_policy='omit' (--nan-policy omit) to skip them.")
     raise UnreadableDataError(
         f"zarr array '{source}' has {expected - stored} of its {expected} chunks missing "
         f"from storage{': ' + named + more if named else ''}. zarr would read them as the "
         "fill value, i.e. made-up rows. Restore the chunk files (an array written with "
         "write_empty_chunks=False also omits chunks equal to the fill value: rewrite it "
-        "with write_empty_chunks=True)."
+        f"with write_empty_chunks=True).{hint}"
     )
 
 
@@ -263,7 +279,7 @@ def _missing_chunks(array, source, storage_options):
         return []
 
 
-def _open_zarr(source, dataset, storage_options):
+def _open_zarr(source, dataset, storage_options, missing_chunks="error"):
     import zarr
 
     try:
@@ -273,7 +289,7 @@ def _open_zarr(source, dataset, storage_options):
             f"'{source}' is not a zarr array or group (nor an HDF5 or .npy file)."
         ) from error
     if isinstance(node, zarr.Array):
-        return _checked_zarr(node, source, storage_options)
+        return _checked_zarr(node, source, storage_options, missing_chunks=missing_chunks)
     arrays = sorted(name for name, _ in node.arrays())
     if dataset is None:
         dataset = node.attrs.get(DATA_ATTRIBUTE)
@@ -293,16 +309,18 @@ def _open_zarr(source, dataset, storage_options):
         raise ValueError(
             f"zarr group '{source}' has no array '{dataset}'; it has: {arrays}"
         )
-    return _checked_zarr(found, f"{source}/{dataset}", storage_options, source)
+    return _checked_zarr(found, f"{source}/{dataset}", storage_options, source,
+                         missing_chunks)
 
 
-def _checked_zarr(array, name, storage_options, root=None):
+def _checked_zarr(array, name, storage_options, root=None, missing_chunks="error"):
     if array.ndim == 2 and np.dtype(array.dtype).kind in "biuf":
-        _check_stored_chunks(array, root or name, storage_options)
+        _check_stored_chunks(array, root or name, storage_options, missing_chunks)
     return ZarrRows(array, name)
 
 
-def open_array(source, dataset=None, chunks=None, storage_options=None):
+def open_array(source, dataset=None, chunks=None, storage_options=None,
+               missing_chunks="error"):
     """Open ``source`` as a dask array chunked along the rows.
 
     Parameters
@@ -320,10 +338,16 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
         64 MiB.
     storage_options : dict, optional
         Passed to fsspec for URLs (credentials, endpoints).
+    missing_chunks : {'error', 'nan'}, default='error'
+        A zarr chunk missing from storage is an error; with ``'nan'`` it is
+        accepted when the array's fill value is NaN (its rows read as NaN, which
+        a fit with ``nan_policy='omit'`` skips).
 
     Returns
     -------
     dask.array.Array of shape (n_samples, n_features)
+        Features spanning several chunks stay so (a fit joins them per row
+        block; there is no rechunk pass).
 
     Raises
     ------
@@ -332,8 +356,11 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
     ValueError
         Not an array, a group without the named array, not 2-D, not numeric.
     """
+    if missing_chunks not in MISSING_CHUNKS:
+        raise ValueError(f"missing_chunks must be one of {MISSING_CHUNKS}, got "
+                         f"{missing_chunks!r}.")
     if isinstance(source, (str, os.PathLike)):
-        source = open_store(source, dataset, storage_options)
+        source = open_store(source, dataset, storage_options, missing_chunks)
     if source.ndim != 2:
         raise ValueError(
             f"Expected a 2-D array (samples x features), got {source.ndim}-D with shape "
@@ -342,9 +369,7 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
     check_dtype(np.dtype(source.dtype))
     n_features = source.shape[1]
     if isinstance(source, da.Array):
-        if chunks is None and len(source.chunks[1]) == 1:
-            return source
-        return source.rechunk({0: chunks or "auto", 1: -1})
+        return source if chunks is None else source.rechunk({0: chunks})
     rows = int(chunks) if chunks is not None else store_row_chunks(source)
     if isinstance(source, np.ndarray):
         return da.from_array(source, chunks=(rows, n_features))
@@ -352,7 +377,7 @@ def open_array(source, dataset=None, chunks=None, storage_options=None):
     return da.from_array(source, chunks=(rows, n_features), lock=False, asarray=True)
 
 
-def open_store(source, dataset=None, storage_options=None):
+def open_store(source, dataset=None, storage_options=None, missing_chunks="error"):
     """The array at path or URL ``source``, unread: zarr, HDF5 or ``.npy`` (see open_array).
 
     Returns
@@ -372,10 +397,15 @@ def open_store(source, dataset=None, storage_options=None):
         return HDF5Array(path, inner)
     if str(path).lower().endswith(".npy"):
         return NpyArray(path)
-    return _open_zarr(path, inner, storage_options)
+    return _open_zarr(path, inner, storage_options, missing_chunks)
 
 
 def storage_row_chunks(source, dataset=None, storage_options=None):
-    """Rows per storage chunk of the array at ``source`` (None when it has none)."""
-    chunks = getattr(open_store(source, dataset, storage_options), "chunks", None)
+    """Rows per storage chunk of the array at ``source`` (None when it has none).
+
+    Only the chunk shape is read (chunks missing from storage are checked where
+    the data are opened).
+    """
+    chunks = getattr(open_store(source, dataset, storage_options, missing_chunks="nan"),
+                     "chunks", None)
     return int(chunks[0]) if chunks else None

@@ -317,3 +317,34 @@ def test_xarray_cube_with_masked_pixels_fit_sweep_predict(tmp_path):
                           "--no-progress", check=False)
         assert failed.returncode != 0 and message in failed.stderr, failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_missing_zarr_chunks_with_a_nan_fill_value_are_masked_under_omit(tmp_path):
+    """Chunks never written (no data there) read as NaN: skipped with --nan-policy omit."""
+    rng = np.random.RandomState(3)
+    X = np.concatenate([rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)) + 4])
+    X = X[rng.permutation(4000)]
+    path = tmp_path / "holes.zarr"
+    array = zarr.create_array(path, shape=X.shape, chunks=(500, 2), dtype="f8",
+                              fill_value=np.nan)
+    present = [0, 1, 2, 4, 5, 7]  # chunks 3 and 6 are never written
+    for c in present:
+        array[c * 500:(c + 1) * 500] = X[c * 500:(c + 1) * 500]
+    refused = dask_gmm("fit", path, "-k", 2, "--out", tmp_path / "m.npz", "--no-progress",
+                       check=False)
+    assert refused.returncode == 1 and "2 of its 8 chunks missing" in refused.stderr
+    assert "nan_policy='omit'" in refused.stderr
+    model_path, out = tmp_path / "model.npz", tmp_path / "labels.zarr"
+    dask_gmm("fit", path, "-k", 2, "--seed", 0, "--nan-policy", "omit", "--out", model_path,
+             "--no-progress")
+    kept = np.concatenate([X[c * 500:(c + 1) * 500] for c in present])
+    reference = GaussianMixture(2, random_state=0).fit(kept)
+    np.testing.assert_allclose(load(model_path).means_, reference.means_, rtol=1e-6)
+    dask_gmm("predict", path, "--model", model_path, "--out", out, "--no-progress")
+    labels = zarr.open_group(out, mode="r")["labels"][:]
+    assert (labels[1500:2000] == -1).all() and (labels[3000:3500] == -1).all()
+    np.testing.assert_array_equal(labels[:1500], reference.predict(X[:1500]))
+    # the same from Python: open_array(..., missing_chunks="nan")
+    opened = open_array(path, missing_chunks="nan")
+    fitted = GaussianMixture(2, random_state=0, nan_policy="omit").fit(opened)
+    np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-6)
