@@ -486,7 +486,7 @@ def demo(settings, n_samples, out_dir):
                    f"({model.n_iter_} EM iterations)")
         model.save(model_path, overwrite=True)
         write_outputs(model, X, labels_path, ("labels", "proba"), data_path, None, True,
-                      settings, client)
+                      settings, client, X.shape[0])
     import zarr
 
     labels = zarr.open_group(labels_path, mode="r")["labels"][:]
