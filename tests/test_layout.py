@@ -57,3 +57,15 @@ def test_the_code_is_clean_under_the_configured_linter():
     result = subprocess.run(command + ["check", "--no-cache", str(PACKAGE.parent)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_xarray_is_optional():
+    """Without xarray installed, dask_gmm imports, fits and predicts numpy and dask input."""
+    script = (
+        "import sys; sys.modules['xarray'] = None\n"  # import xarray now raises ImportError
+        "import numpy as np, dask.array as da, dask_gmm\n"
+        "X = np.random.RandomState(0).normal(size=(500, 2))\n"
+        "gm = dask_gmm.GaussianMixture(2, random_state=0).fit(da.from_array(X, chunks=100))\n"
+        "assert gm.predict(X).shape == (500,)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
