@@ -34,6 +34,7 @@ from ._engine import (
     run_together,
     score_samples_block,
 )
+from ._mstep import Params
 from ._requests import TakeRows
 from ._stats import pass_sums
 from ._validation import check_kept_rows, check_sample_weight, check_X, numpy_row_chunks
@@ -136,8 +137,15 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     Subclasses supply the hooks ``_validate_hyperparameters``,
     ``_check_initial_values``, ``_initial_params``, ``_e_step_request``,
-    ``_m_step``, ``_set_params_from``, ``_current_params`` and ``_n_parameters``.
+    ``_m_step``, ``_set_params_from`` and ``_current_params``; ``_seen_stats``
+    (called with the statistics of a pass that no M-step follows) and
+    ``_params_class`` (what a checkpoint restores) have defaults.
     """
+
+    _params_class = Params
+
+    def _seen_stats(self, stats):
+        """Hook: statistics of a pass that no M-step follows (a finished checkpoint's)."""
 
     # ---------------------------------------------------------------- fitting
 
@@ -282,7 +290,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
 
     def _load_checkpoint(self, path, fingerprint):
         """Step generator: the saved state (or None), checked against this fit and data."""
-        saved = load_state(path, fingerprint, self.covariance_type)
+        saved = load_state(path, fingerprint, self.covariance_type, self._params_class)
         if saved is None:
             return None
         if saved.n_iter > self.max_iter:
@@ -294,6 +302,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if saved.converged or saved.n_iter >= self.max_iter:
             # a finished fit returns without a pass of its own: check the data first
             stats = yield self._e_step_request(saved.params)
+            self._seen_stats(stats)
             check_data_sums(path, saved.data_sums, stats)
             saved.data_sums = None
         return saved
@@ -325,7 +334,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 check_kept_rows(stats.rows, self.n_components, data.shape[0])
             if checkpointer is not None:
                 checkpointer.check_pass(stats)
-            params, lower_bound = self._m_step(stats, eps, float32_input)
+            params, lower_bound = self._m_step(stats, eps, float32_input, state.params)
             change = lower_bound - state.lower_bound
             state = InitResult(params, lower_bound, state.lower_bounds + [lower_bound],
                                n_iter, abs(change) < self.tol)

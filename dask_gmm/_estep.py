@@ -400,8 +400,7 @@ def weighted_log_prob(block, params, shift):
     maha += n_features * math.log(2 * math.pi)
     maha *= -0.5
     maha += log_det
-    with np.errstate(divide="ignore"):
-        maha += np.log(params.weights)
+    maha += params.log_mixing()
     return maha
 
 
@@ -455,8 +454,7 @@ def full_e_step(block, params, stats):
     prec_chol = params.prec_chol
     whiten_t = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(-1, n_features))
     offsets = np.einsum("kd,kde->ke", params.means - stats.shift, prec_chol)
-    with np.errstate(divide="ignore"):
-        log_const = np.log(params.weights)
+    log_const = params.log_mixing()
     log_const += log_det_cholesky(prec_chol, "full", n_features)
     log_const -= 0.5 * n_features * math.log(2 * math.pi)
     w = np.empty(0) if block.w is None else np.ascontiguousarray(block.w, dtype=np.float64)

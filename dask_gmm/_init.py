@@ -19,14 +19,16 @@ For the last three, as in scikit-learn, the covariances start at ``reg_covar``
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 
 from ._estep import RowPlace, check_finite_rows, check_rows, screen_rows
-from ._mstep import Params, m_step, precision_cholesky
+from ._mstep import Params, gaussian_estimate, precision_cholesky
 from ._requests import HardAssignment, RandomResponsibilities, TakeRows
 from ._validation import check_kept_rows
+from ._variational import DataMoments, moments_from_rows, moments_from_stats
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +134,8 @@ def _rows_from_data(data, n_components, random_state):
         size *= 4
 
 
-def _seed_params(means, covariance_type, reg_covar, eps):
-    """Parameters of one row per component: the k-means++ and random_from_data start.
+def _seed_estimate(means, covariance_type, reg_covar, eps):
+    """Masses, means and covariances of one row per component (k-means++, random_from_data).
 
     As in scikit-learn, each component holds one row of mass ``1 + 10 * eps``,
     so its variance is ``reg_covar`` plus a rounding-sized term. That term is
@@ -158,17 +160,10 @@ def _seed_params(means, covariance_type, reg_covar, eps):
         cov = variances
     else:
         cov = variances.mean(axis=1)
-    return Params(
-        weights=np.full(n_components, 1.0 / n_components),
-        means=local,
-        prec_chol=precision_cholesky(cov, covariance_type),
-        covariance_type=covariance_type,
-        covariances=cov,
-    )
+    return np.full(n_components, mass), local, cov
 
 
-def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
-                   random_state):
+def _kmeans_stats(data, n_components, covariance_type, random_state):
     sample, whole = yield from _sample(data, n_components, random_state)
     km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
     centers = km.fit(sample).cluster_centers_
@@ -188,13 +183,27 @@ def _kmeans_params(data, n_components, covariance_type, reg_covar, eps, f32,
     stats = yield HardAssignment(centers, covariance_type)
     if data.omit_nan:
         check_kept_rows(stats.rows, n_components, data.shape[0])
-    params, _ = m_step(stats, covariance_type, reg_covar, eps, f32)
-    return params
+    return stats
 
 
-def initial_params(data, init_params, n_components, covariance_type, reg_covar,
-                   eps, float32_input, random_state):
-    """Step generator: initial parameters by one of the ``init_params`` strategies.
+@dataclass
+class InitialEstimate:
+    """What an initialisation gives: masses, means and covariances per component.
+
+    ``moments`` are the data's mean and covariance when they came for free (from
+    the initialisation's statistics pass, or a sample that is the whole data);
+    a variational mixture's default priors need them.
+    """
+
+    nk: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    moments: DataMoments | None
+
+
+def initial_estimate(data, init_params, n_components, covariance_type, reg_covar, eps,
+                     random_state):
+    """Step generator: an :class:`InitialEstimate` by one of the ``init_params`` strategies.
 
     Parameters
     ----------
@@ -205,28 +214,46 @@ def initial_params(data, init_params, n_components, covariance_type, reg_covar,
     reg_covar : float
     eps : float
         Machine epsilon of the input dtype.
-    float32_input : bool
     random_state : numpy.random.RandomState
+    """
+    unweighted = data.weight_blocks[0] is None
+    if init_params in ("kmeans", "random"):
+        if init_params == "kmeans":
+            stats = yield from _kmeans_stats(data, n_components, covariance_type,
+                                             random_state)
+        else:
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            stats = yield RandomResponsibilities(n_components, covariance_type, seed)
+            if data.omit_nan:
+                check_kept_rows(stats.rows, n_components, data.shape[0])
+        nk, means, cov = gaussian_estimate(stats, covariance_type, reg_covar, eps)
+        return InitialEstimate(nk, means, cov, moments_from_stats(stats))
+    if init_params == "k-means++":
+        sample, whole = yield from _sample(data, n_components, random_state)
+        centers, _ = kmeans_plusplus(sample, n_components, random_state=random_state)
+        moments = moments_from_rows(sample) if whole and unweighted else None
+        return InitialEstimate(*_seed_estimate(centers, covariance_type, reg_covar, eps),
+                               moments)
+    rows = yield from _rows_from_data(data, n_components, random_state)
+    return InitialEstimate(*_seed_estimate(rows, covariance_type, reg_covar, eps), None)
+
+
+def initial_params(data, init_params, n_components, covariance_type, reg_covar,
+                   eps, float32_input, random_state):
+    """Step generator: initial mixture parameters by one of the ``init_params`` strategies.
+
+    See :func:`initial_estimate`; ``float32_input`` adds the float32 hint to
+    the error of an ill-defined covariance.
 
     Returns
     -------
     Params
         (as the generator's return value)
     """
-    if init_params == "kmeans":
-        return (yield from _kmeans_params(data, n_components, covariance_type,
-                                          reg_covar, eps, float32_input, random_state))
-    if init_params == "k-means++":
-        sample, _ = yield from _sample(data, n_components, random_state)
-        centers, _ = kmeans_plusplus(sample, n_components, random_state=random_state)
-        return _seed_params(centers, covariance_type, reg_covar, eps)
-    if init_params == "random_from_data":
-        rows = yield from _rows_from_data(data, n_components, random_state)
-        return _seed_params(rows, covariance_type, reg_covar, eps)
-    # 'random'
-    seed = int(random_state.randint(np.iinfo(np.int32).max))
-    stats = yield RandomResponsibilities(n_components, covariance_type, seed)
-    if data.omit_nan:
-        check_kept_rows(stats.rows, n_components, data.shape[0])
-    params, _ = m_step(stats, covariance_type, reg_covar, eps, float32_input)
-    return params
+    estimate = yield from initial_estimate(data, init_params, n_components,
+                                           covariance_type, reg_covar, eps, random_state)
+    nk = estimate.nk
+    return Params(weights=nk / nk.sum(), means=estimate.means,
+                  prec_chol=precision_cholesky(estimate.covariances, covariance_type,
+                                               float32_input),
+                  covariance_type=covariance_type, covariances=estimate.covariances)

@@ -47,6 +47,10 @@ class Params:
     covariances : ndarray or None
         Shaped like ``prec_chol``; None when the parameters came from
         user-given precisions and no M-step has run yet.
+    log_weights : ndarray of shape (K,) or None
+        What the E-step adds to each component's log density; ``log(weights)``
+        when None. A variational mixture puts its expected log weights and
+        precision terms here (see ``_variational``).
     """
 
     weights: np.ndarray
@@ -54,6 +58,14 @@ class Params:
     prec_chol: np.ndarray
     covariance_type: str
     covariances: np.ndarray | None = None
+    log_weights: np.ndarray | None = None
+
+    def log_mixing(self):
+        """Per-component constant of the E-step's log densities, shape ``(K,)``."""
+        if self.log_weights is not None:
+            return np.array(self.log_weights, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return np.log(self.weights)
 
 
 def precision_cholesky(covariances, covariance_type, float32_input=False):
@@ -135,6 +147,25 @@ def covariances_from_cholesky(prec_chol, covariance_type):
     return 1.0 / prec_chol**2
 
 
+def gaussian_estimate(stats, covariance_type, reg_covar, eps):
+    """Masses, means and covariances of the components from a pass's statistics.
+
+    What scikit-learn's ``_estimate_gaussian_parameters`` returns: ``nk`` with
+    ``10 * eps`` added, covariances with ``reg_covar`` on the diagonal. Both
+    mixtures' M-steps start here.
+
+    Returns
+    -------
+    nk : ndarray of shape (K,)
+    means : ndarray of shape (K, D)
+    covariances : ndarray shaped by ``covariance_type``
+    """
+    nk = stats.nk + 10 * eps
+    local_means = stats.s1 / nk[:, None]  # means relative to the shift
+    cov = SECOND_MOMENTS[covariance_type].covariance(stats.s2, nk, local_means, reg_covar)
+    return nk, local_means + stats.shift, cov
+
+
 def m_step(stats, covariance_type, reg_covar, eps, float32_input=False):
     """Turn reduced statistics into new parameters: the ``aggregate`` step.
 
@@ -157,13 +188,11 @@ def m_step(stats, covariance_type, reg_covar, eps, float32_input=False):
     mean_log_likelihood : float
         Mean per-sample log-likelihood under the parameters the pass used.
     """
-    nk = stats.nk + 10 * eps
-    local_means = stats.s1 / nk[:, None]  # means relative to the shift
-    cov = SECOND_MOMENTS[covariance_type].covariance(stats.s2, nk, local_means, reg_covar)
+    nk, means, cov = gaussian_estimate(stats, covariance_type, reg_covar, eps)
     prec_chol = precision_cholesky(cov, covariance_type, float32_input)
     params = Params(
         weights=nk / nk.sum(),
-        means=local_means + stats.shift,
+        means=means,
         prec_chol=prec_chol,
         covariance_type=covariance_type,
         covariances=cov,

@@ -303,3 +303,27 @@ def hard_assignment_stats(X, centers, covariance_type, sample_weight=None,
     """One chunk's k-means statistics (a single-request :func:`chunk_pass`)."""
     request = HardAssignment(centers, covariance_type, second_moments)
     return chunk_pass(X, [request], sample_weight)[0]
+
+
+class Moments(PassRequest):
+    """The data's sum and second moments (one component holding every row).
+
+    For a variational mixture's default priors when no initialisation pass
+    gave them: full second moments for 'full' and 'tied', per feature
+    otherwise.
+    """
+
+    def __init__(self, covariance_type, n_features):
+        self.layout = "full" if covariance_type in ("full", "tied") else "diag"
+        self.n_features = n_features
+
+    def row_width(self):
+        d = self.n_features
+        return d * (d + 1) // 2 if self.layout == "full" else d
+
+    def empty(self, n_features, shift):
+        return empty_stats(1, n_features, self.layout, shift)
+
+    def accumulate(self, block, stats, context=None):
+        accumulate(stats, block, np.ones((block.n, 1)))
+        return None

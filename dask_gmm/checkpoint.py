@@ -23,6 +23,7 @@ crash leaves either the old or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,7 +38,9 @@ from .paths import write_npz_atomically
 FORMAT = "dask-gmm-checkpoint"
 FORMAT_VERSION = 1
 IGNORED_PARAMS = ("verbose", "verbose_interval", "max_iter", "warm_start")
-PARAM_ARRAYS = ("weights", "means", "prec_chol", "covariances")
+# Every array field of Params and its subclasses (VariationalParams adds three).
+PARAM_ARRAYS = ("weights", "means", "prec_chol", "covariances", "log_weights",
+                "weight_concentration", "mean_precision", "degrees_of_freedom")
 
 
 class InitResult(NamedTuple):
@@ -86,19 +89,20 @@ def _params_to_arrays(params, prefix):
     if params is None:
         return arrays
     for name in PARAM_ARRAYS:
-        value = getattr(params, name)
+        value = getattr(params, name, None)
         if value is not None:
             arrays[f"{prefix}{name}"] = np.asarray(value, dtype=np.float64)
     return arrays
 
 
-def _params_from_arrays(entries, prefix, covariance_type):
-
+def _params_from_arrays(entries, prefix, covariance_type, params_class=Params):
     if f"{prefix}weights" not in entries:
         return None
-    return Params(weights=entries[f"{prefix}weights"], means=entries[f"{prefix}means"],
-                  prec_chol=entries[f"{prefix}prec_chol"], covariance_type=covariance_type,
-                  covariances=entries.get(f"{prefix}covariances"))
+    names = {f.name for f in dataclasses.fields(params_class)} - {"covariance_type"}
+    for required in ("weights", "means", "prec_chol"):
+        entries[f"{prefix}{required}"]  # noqa: B018 - a KeyError names a damaged file
+    return params_class(covariance_type=covariance_type,
+                        **{name: entries.get(f"{prefix}{name}") for name in names})
 
 
 class FitState:
@@ -145,7 +149,7 @@ def save_state(path, fingerprint, state):
     write_npz_atomically(path, arrays)
 
 
-def load_state(path, fingerprint, covariance_type):
+def load_state(path, fingerprint, covariance_type, params_class=Params):
     """The saved state, or None when there is no checkpoint yet.
 
     Raises
@@ -175,7 +179,7 @@ def load_state(path, fingerprint, covariance_type):
     if version > FORMAT_VERSION:
         raise ValueError(f"Checkpoint '{path}' was written by a newer dask-gmm.")
     try:
-        return _state_from(path, header, entries, fingerprint, covariance_type)
+        return _state_from(path, header, entries, fingerprint, covariance_type, params_class)
     except (KeyError, TypeError, ValueError, IndexError) as error:
         if isinstance(error, CheckpointMismatchError):
             raise
@@ -186,7 +190,7 @@ def load_state(path, fingerprint, covariance_type):
 ENTRY_NAMES = PARAM_ARRAYS + ("rng_keys", "data_sum")
 
 
-def _state_from(path, header, entries, fingerprint, covariance_type):
+def _state_from(path, header, entries, fingerprint, covariance_type, params_class):
     saved = header["fingerprint"]
     for part in ("estimator", "data"):
         if saved.get(part) != fingerprint.get(part):
@@ -205,14 +209,16 @@ def _state_from(path, header, entries, fingerprint, covariance_type):
     best = None
     if header["best"] is not None:
         b = header["best"]
-        best = InitResult(_params_from_arrays(entries, "best:", covariance_type),
+        best = InitResult(_params_from_arrays(entries, "best:", covariance_type,
+                                              params_class),
                           b["lower_bound"], b["lower_bounds"], b["n_iter"], b["converged"])
     data_sums = None
     if "data_sum" in entries:
         data_sums = (entries["data_sum"], header["data_weight"])
     state = FitState(header["init"], header["n_iter"], header["lower_bound"],
                      header["lower_bounds"], header["finished"],
-                     _params_from_arrays(entries, "params:", covariance_type), rng_state,
+                     _params_from_arrays(entries, "params:", covariance_type, params_class),
+                     rng_state,
                      best, data_sums, header["converged"])
     for name, params in (("params", state.params),
                          ("best", best[0] if best is not None else None)):

@@ -231,7 +231,7 @@ class GaussianMixture(BaseMixture):
         """The pass request of one EM iteration under ``params``."""
         return EStep(params)
 
-    def _m_step(self, stats, eps, float32_input):
+    def _m_step(self, stats, eps, float32_input, previous=None):
         """New parameters and the mean log-likelihood from a pass's statistics."""
         return m_step(stats, self.covariance_type, self.reg_covar, eps, float32_input)
 

@@ -53,7 +53,16 @@ FITTED_SCALARS = ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
                   "n_features_in_", "feature_dim_")
 # Ours alone: not given to the scikit-learn twin of ``to_sklearn``.
 OWN_NAMES = ("nan_policy", "feature_dim_")
-ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
+ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init", "mean_prior",
+                "covariance_prior")
+# What a BayesianGaussianMixture keeps besides a GaussianMixture's attributes:
+# arrays (a Dirichlet process's two Beta parameter vectors stacked as one
+# (2, K) array; a tied model's degrees of freedom and a spherical covariance
+# prior as 0-d arrays) and scalar priors.
+BAYESIAN_ARRAYS = ("weight_concentration_", "mean_precision_", "degrees_of_freedom_",
+                   "mean_prior_", "covariance_prior_")
+BAYESIAN_SCALARS = ("weight_concentration_prior_", "mean_precision_prior_",
+                    "degrees_of_freedom_prior_")
 
 
 
@@ -82,19 +91,22 @@ def _plain(value):
 def _gaussian_mixture_entries(model, prefix=""):
     arrays, params = {}, {}
     for name, value in model.get_params(deep=False).items():
-        if name in ARRAY_PARAMS:
+        if name in ARRAY_PARAMS and not (name == "covariance_prior"
+                                         and isinstance(value, (int, float))):
             if value is not None:
                 arrays[f"{prefix}param:{name}"] = np.asarray(value)
         else:
             params[name] = _plain(value)
     fitted = {}
-    for name in FITTED_ARRAYS:
+    bayesian = type(model).__name__ == "BayesianGaussianMixture"
+    for name in FITTED_ARRAYS + (BAYESIAN_ARRAYS if bayesian else ()):
         if hasattr(model, name):
-            value = np.asarray(getattr(model, name))
+            value = getattr(model, name)
+            value = np.stack(value) if isinstance(value, tuple) else np.asarray(value)
             if value.dtype == object:  # feature names: stored as fixed-width text
                 value = value.astype(str)
             arrays[prefix + name] = value
-    for name in FITTED_SCALARS:
+    for name in FITTED_SCALARS + (BAYESIAN_SCALARS if bayesian else ()):
         if hasattr(model, name):
             fitted[name] = _plain(getattr(model, name))
     return arrays, params, fitted
@@ -239,16 +251,19 @@ def _covariance_shape(covariance_type, n_components, n_features):
             "spherical": (n_components,)}[covariance_type]
 
 
-def _read_gaussian_mixture(path, sizes, params, fitted, prefix=""):
-    """Build a GaussianMixture from the header and its arrays, checking every field."""
-    GaussianMixture = MODEL_CLASSES["GaussianMixture"]  # noqa: N806 - a class
+def _read_gaussian_mixture(path, sizes, params, fitted, prefix="",
+                           class_name="GaussianMixture"):
+    """Build a (Bayesian) Gaussian mixture from the header and its arrays, checking every field."""
+    model_class = MODEL_CLASSES[class_name]
+    bayesian = class_name == "BayesianGaussianMixture"
     params, fitted = dict(params), dict(fitted)
-    allowed = set(GaussianMixture().get_params(deep=False)) - set(ARRAY_PARAMS)
+    allowed = set(model_class().get_params(deep=False)) - (
+        set(ARRAY_PARAMS) - {"covariance_prior"})
     if set(params) - allowed:
         _fail(path, f"{prefix}params", f"has unknown keys {sorted(set(params) - allowed)}")
-    if set(fitted) - set(FITTED_SCALARS):
-        _fail(path, f"{prefix}fitted",
-              f"has unknown keys {sorted(set(fitted) - set(FITTED_SCALARS))}")
+    scalars = set(FITTED_SCALARS) | (set(BAYESIAN_SCALARS) if bayesian else set())
+    if set(fitted) - scalars:
+        _fail(path, f"{prefix}fitted", f"has unknown keys {sorted(set(fitted) - scalars)}")
     k, d = params.get("n_components"), fitted.get("n_features_in_")
     cov_type = params.get("covariance_type")
     for name, value in (("n_components", k), ("n_features_in_", d)):
@@ -263,13 +278,23 @@ def _read_gaussian_mixture(path, sizes, params, fitted, prefix=""):
               "precisions_": cov_shape, "precisions_cholesky_": cov_shape,
               "feature_names_in_": (d,), "param:weights_init": (k,),
               "param:means_init": (k, d), "param:precisions_init": cov_shape}
+    if bayesian:
+        prior_shape = _covariance_shape(cov_type, 1, d)[1:]
+        dirichlet_process = params.get("weight_concentration_prior_type",
+                                       "dirichlet_process") == "dirichlet_process"
+        shapes.update({"weight_concentration_": (2, k) if dirichlet_process else (k,),
+                       "mean_precision_": (k,), "mean_prior_": (d,),
+                       "degrees_of_freedom_": () if cov_type == "tied" else (k,),
+                       "covariance_prior_": prior_shape, "param:mean_prior": (d,),
+                       "param:covariance_prior": prior_shape})
     limits = {prefix + name: int(np.prod(shape)) * (8 if name != "feature_names_in_"
                                                      else 4 * 1024)
               for name, shape in shapes.items()}
     entries = _entries(path, sizes, limits)
     values = {name: entries.get(prefix + name) for name in shapes}
-    for name in ("weights_", "means_", "covariances_", "precisions_",
-                 "precisions_cholesky_"):
+    required = ("weights_", "means_", "covariances_", "precisions_",
+                "precisions_cholesky_") + (BAYESIAN_ARRAYS if bayesian else ())
+    for name in required:
         if values[name] is None:
             _fail(path, name, "is missing")
     for name, value in values.items():
@@ -306,12 +331,20 @@ def _read_gaussian_mixture(path, sizes, params, fitted, prefix=""):
         _fail(path, "lower_bounds_", "is not a list")
 
     for name in ARRAY_PARAMS:
-        params[name] = values.get(f"param:{name}")
-    model = GaussianMixture(**params)
-    for name in FITTED_ARRAYS:
+        if f"param:{name}" in shapes and values.get(f"param:{name}") is not None:
+            params[name] = values[f"param:{name}"]
+    model = model_class(**params)
+    for name in FITTED_ARRAYS + (BAYESIAN_ARRAYS if bayesian else ()):
         value = values[name]
-        if value is not None:
-            setattr(model, name, value.astype(object) if value.dtype.kind == "U" else value)
+        if value is None:
+            continue
+        if value.dtype.kind == "U":
+            value = value.astype(object)
+        elif name == "weight_concentration_" and value.ndim == 2:
+            value = (value[0], value[1])
+        elif value.ndim == 0:
+            value = value.dtype.type(value)
+        setattr(model, name, value)
     for name, value in fitted.items():
         setattr(model, name, value)
     return model
@@ -342,8 +375,9 @@ def load(path):
     path, metadata, sizes = _read(path)
     params, fitted = metadata.get("params", {}), metadata.get("fitted", {})
     try:
-        if metadata.get("class") == "GaussianMixture":
-            return _read_gaussian_mixture(path, sizes, params, fitted)
+        if metadata.get("class") in ("GaussianMixture", "BayesianGaussianMixture"):
+            return _read_gaussian_mixture(path, sizes, params, fitted,
+                                          class_name=metadata["class"])
         if metadata.get("class") == "GaussianMixtureSweep":
             return _read_sweep(path, sizes, params, fitted,
                                MODEL_CLASSES["GaussianMixtureSweep"])
@@ -400,8 +434,8 @@ def _read_sweep(path, sizes, params, fitted, sweep_class):
 
 
 def to_sklearn(model):
-    """An equivalent fitted ``sklearn.mixture.GaussianMixture`` (in-memory use)."""
-    from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+    """An equivalent fitted scikit-learn ``GaussianMixture`` or ``BayesianGaussianMixture``."""
+    from sklearn import mixture
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
@@ -410,8 +444,8 @@ def to_sklearn(model):
         params["random_state"] = None
     for name in OWN_NAMES:
         params.pop(name, None)
-    twin = SklearnGaussianMixture(**params)
-    for name in FITTED_ARRAYS + FITTED_SCALARS:
+    twin = getattr(mixture, type(model).__name__)(**params)
+    for name in FITTED_ARRAYS + FITTED_SCALARS + BAYESIAN_ARRAYS + BAYESIAN_SCALARS:
         if hasattr(model, name) and name not in OWN_NAMES:
             setattr(twin, name, getattr(model, name))
     return twin
