@@ -10,6 +10,6 @@ from .outputs import write_predictions
 from .persistence import ModelFormatError, load
 from .sweep import GaussianMixtureSweep, plot_criterion
 
-__all__ = ["BayesianGaussianMixture", "GaussianMixture", "GaussianMixtureSweep", "InvalidParameterError",
-           "ModelFormatError", "load", "open_array", "plot_criterion", "worker_settings",
-           "write_predictions"]
+__all__ = ["BayesianGaussianMixture", "GaussianMixture", "GaussianMixtureSweep",
+           "InvalidParameterError", "ModelFormatError", "load", "open_array",
+           "plot_criterion", "worker_settings", "write_predictions"]
