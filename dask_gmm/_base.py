@@ -11,7 +11,6 @@ one fit or a sweep of many.
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from time import perf_counter
@@ -485,27 +484,40 @@ class BaseMixture(DensityMixin, BaseEstimator):
         total, count = self._scored(X)
         return total / count
 
-    def bic(self, X):
-        """Bayesian information criterion on ``X``; lower is better.
+    def sample(self, n_samples=1):
+        """Draw random rows from the fitted mixture.
 
-        With ``nan_policy='omit'``, ``n`` counts the samples without NaN.
-
-        Returns
-        -------
-        float
-        """
-        total, count = self._scored(X)
-        return -2 * total + self._n_parameters() * math.log(count)
-
-    def aic(self, X):
-        """Akaike information criterion on ``X``; lower is better.
+        Parameters
+        ----------
+        n_samples : int, default=1
 
         Returns
         -------
-        float
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each row came from.
         """
-        total, _ = self._scored(X)
-        return -2 * total + 2 * self._n_parameters()
+        check_is_fitted(self)
+        if n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples} . The sampling requires "
+                "at least one sample."
+            )
+        n_features = self.means_.shape[1]
+        rng = check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, np.asarray(self.weights_, np.float64))
+        rows = []
+        for k, count in enumerate(counts):
+            mean = self.means_[k]
+            if self.covariance_type == "full":
+                rows.append(rng.multivariate_normal(mean, self.covariances_[k], count))
+            elif self.covariance_type == "tied":
+                rows.append(rng.multivariate_normal(mean, self.covariances_, count))
+            else:
+                scale = np.sqrt(self.covariances_[k])
+                rows.append(mean + rng.standard_normal(size=(count, n_features)) * scale)
+        labels = np.concatenate([np.full(c, k, dtype=np.int64) for k, c in enumerate(counts)])
+        return np.vstack(rows).astype(np.float64), labels
 
     def save(self, path, overwrite=False):
         """Write the fitted model to ``path`` (no pickle); see :mod:`dask_gmm.persistence`."""

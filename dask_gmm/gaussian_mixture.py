@@ -15,9 +15,9 @@ request follows is written down in ``_requests``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
 from ._base import BaseMixture
 from ._init import initial_params
@@ -269,37 +269,24 @@ class GaussianMixture(BaseMixture):
         }[self.covariance_type]
         return int(cov_params + n_features * n_components + n_components - 1)
 
-    def sample(self, n_samples=1):
-        """Draw random rows from the fitted mixture.
+    def bic(self, X):
+        """Bayesian information criterion on ``X``; lower is better.
 
-        Parameters
-        ----------
-        n_samples : int, default=1
+        With ``nan_policy='omit'``, ``n`` counts the samples without NaN.
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
-            The component each row came from.
+        float
         """
-        check_is_fitted(self)
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples} . The sampling requires "
-                "at least one sample."
-            )
-        n_features = self.means_.shape[1]
-        rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, np.asarray(self.weights_, np.float64))
-        rows = []
-        for k, count in enumerate(counts):
-            mean = self.means_[k]
-            if self.covariance_type == "full":
-                rows.append(rng.multivariate_normal(mean, self.covariances_[k], count))
-            elif self.covariance_type == "tied":
-                rows.append(rng.multivariate_normal(mean, self.covariances_, count))
-            else:
-                scale = np.sqrt(self.covariances_[k])
-                rows.append(mean + rng.standard_normal(size=(count, n_features)) * scale)
-        labels = np.concatenate([np.full(c, k, dtype=np.int64) for k, c in enumerate(counts)])
-        return np.vstack(rows).astype(np.float64), labels
+        total, count = self._scored(X)
+        return -2 * total + self._n_parameters() * math.log(count)
+
+    def aic(self, X):
+        """Akaike information criterion on ``X``; lower is better.
+
+        Returns
+        -------
+        float
+        """
+        total, _ = self._scored(X)
+        return -2 * total + 2 * self._n_parameters()
