@@ -4,12 +4,13 @@ from ._engine import worker_settings
 from ._options import VERSION as __version__  # noqa: F401
 from ._validation import InvalidParameterError
 from .bayesian_mixture import BayesianGaussianMixture
+from .bayesian_sweep import BayesianGaussianMixtureSweep
 from .gaussian_mixture import GaussianMixture
 from .io import open_array
 from .outputs import write_predictions
 from .persistence import ModelFormatError, load
 from .sweep import GaussianMixtureSweep, plot_criterion
 
-__all__ = ["BayesianGaussianMixture", "GaussianMixture", "GaussianMixtureSweep",
-           "InvalidParameterError", "ModelFormatError", "load", "open_array",
-           "plot_criterion", "worker_settings", "write_predictions"]
+__all__ = ["BayesianGaussianMixture", "BayesianGaussianMixtureSweep", "GaussianMixture",
+           "GaussianMixtureSweep", "InvalidParameterError", "ModelFormatError", "load",
+           "open_array", "plot_criterion", "worker_settings", "write_predictions"]

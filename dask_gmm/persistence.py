@@ -33,7 +33,7 @@ import zipfile
 import numpy as np
 
 from . import paths
-from ._options import COVARIANCE_TYPES, MODEL_FORMAT, NAN_POLICIES, RESULT_COLUMNS, VERSION
+from ._options import COVARIANCE_TYPES, MODEL_FORMAT, NAN_POLICIES, VERSION
 
 # The classes a model file may name, registered by their modules (``@register``):
 # this module builds them without importing them, so no import goes both ways.
@@ -147,11 +147,11 @@ def save_model(model, path, overwrite=False):
             )
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "class": type(model).__name__, "dask_gmm_version": VERSION}
-    if type(model).__name__ == "GaussianMixtureSweep":
+    if type(model).__name__.endswith("Sweep"):
         arrays, params, fitted = {}, {}, {}
         for name, value in model.get_params(deep=False).items():
             params[name] = _plain(value)
-        for column in RESULT_COLUMNS:
+        for column in type(model).RESULT_COLUMNS:
             values = np.asarray(model.results_[column])
             if values.dtype == object:
                 values = values.astype(str)
@@ -378,9 +378,8 @@ def load(path):
         if metadata.get("class") in ("GaussianMixture", "BayesianGaussianMixture"):
             return _read_gaussian_mixture(path, sizes, params, fitted,
                                           class_name=metadata["class"])
-        if metadata.get("class") == "GaussianMixtureSweep":
-            return _read_sweep(path, sizes, params, fitted,
-                               MODEL_CLASSES["GaussianMixtureSweep"])
+        if metadata.get("class") in ("GaussianMixtureSweep", "BayesianGaussianMixtureSweep"):
+            return _read_sweep(path, sizes, params, fitted, MODEL_CLASSES[metadata["class"]])
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, ModelFormatError):
             raise
@@ -398,14 +397,14 @@ def _read_sweep(path, sizes, params, fitted, sweep_class):
     n = sizes.get("results:n_components", 0) // 8
     if n > 1_000_000:
         _fail(path, "results", "is too large")
-    columns = RESULT_COLUMNS + ("fit_time",)  # fit_time: files written before n_passes
+    columns = sweep_class.RESULT_COLUMNS + ("fit_time",)  # fit_time: before n_passes
     limits = {f"results:{c}": max(n, 1) * (4096 if c in ("error", "covariance_type")
                                            else 8) for c in columns}
     entries = _entries(path, sizes, limits)
     if "results:fit_time" in entries and "results:finish_time" not in entries:
         entries["results:finish_time"] = entries.pop("results:fit_time")
         entries["results:n_passes"] = np.full(len(entries["results:finish_time"]), -1)
-    results = {c: entries[f"results:{c}"] for c in RESULT_COLUMNS}
+    results = {c: entries[f"results:{c}"] for c in sweep_class.RESULT_COLUMNS}
     n = len(results["n_components"])
     if any(v.shape != (n,) for v in results.values()):
         _fail(path, "results", "columns differ in length")
@@ -415,6 +414,10 @@ def _read_sweep(path, sizes, params, fitted, sweep_class):
         {"n_components": int(k), "covariance_type": str(c)}
         for k, c in zip(results["n_components"], results["covariance_type"])
     ]
+    bayesian = "weight_concentration_prior" in results
+    if bayesian:
+        for row, prior in zip(results["params"], results["weight_concentration_prior"]):
+            row["weight_concentration_prior"] = None if np.isnan(prior) else float(prior)
     best = fitted["best_index_"]
     if isinstance(best, bool) or not isinstance(best, int) or not 0 <= best < n:
         _fail(path, "best_index_", f"is {best!r}, not a row of the {n} results")
@@ -424,8 +427,9 @@ def _read_sweep(path, sizes, params, fitted, sweep_class):
     sweep.n_rounds_ = fitted["n_rounds_"]
     sweep.n_features_in_ = fitted["n_features_in_"]
     sweep.best_params_ = dict(results["params"][best])
-    estimator = _read_gaussian_mixture(path, sizes, fitted["best_params"],
-                                       fitted["best_fitted"], prefix="best:")
+    estimator = _read_gaussian_mixture(
+        path, sizes, fitted["best_params"], fitted["best_fitted"], prefix="best:",
+        class_name="BayesianGaussianMixture" if bayesian else "GaussianMixture")
     if (estimator.n_components, estimator.covariance_type) != (
             sweep.best_params_["n_components"], sweep.best_params_["covariance_type"]):
         _fail(path, "best_index_", "does not point at the best model's row of results")

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import prepare_rows
 from ._engine import compute_round, run_together
 from ._estep import NonFiniteInputError
-from ._options import COVARIANCE_TYPES, CRITERIA
+from ._options import COVARIANCE_TYPES, CRITERIA, RESULT_COLUMNS
 from ._progress import progress_bar
 from ._requests import LogLikelihood
 from ._validation import InvalidParameterError, check_X
@@ -221,8 +221,8 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 candidate.feature_names_in_ = self.feature_names_in_
             path = None
             if checkpoint is not None:
-                path = os.path.join(os.fspath(checkpoint), f"{candidate.covariance_type}-"
-                                    f"{candidate.n_components}.npz")
+                path = os.path.join(os.fspath(checkpoint),
+                                    self._checkpoint_name(candidate))
             steps = candidate._fit_steps(data, X.dtype, checkpoint=path)
             try:
                 request = next(steps)
@@ -258,13 +258,24 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 fatal=(NonFiniteInputError, CheckpointMismatchError),
             )
             fitted = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
-            scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
-            if bar is not None and fitted:
-                bar.update(1)
-        n_rounds += 1 if fitted else 0
+            scores = [None] * len(fitted)
+            final_pass = self._final_pass and fitted
+            if final_pass:
+                scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
+                if bar is not None:
+                    bar.update(1)
+        n_rounds += 1 if final_pass else 0
         self._record(candidates, outcomes, dict(zip(fitted, scores)), finished_at, n_passes)
         self.n_rounds_ = n_rounds
         return self
+
+    def _checkpoint_name(self, candidate):
+        return f"{candidate.covariance_type}-{candidate.n_components}.npz"
+
+    # BIC and AIC need each candidate's log-likelihood under its final
+    # parameters: one more shared pass.
+    _final_pass = True
+    RESULT_COLUMNS = RESULT_COLUMNS
 
     def _final_log_likelihoods(self, data, models):
         """``(sum of weights, sum of weighted log p(x))`` per model, in one shared pass."""

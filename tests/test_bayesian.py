@@ -206,3 +206,26 @@ def test_clear_errors_before_any_pass():
         BayesianGaussianMixture(mean_prior=[0.0, 1.0]).fit(as_dask(X, 20))
     with pytest.raises(ValueError, match="'full precision' should be symmetric"):
         BayesianGaussianMixture(covariance_prior=-np.eye(3)).fit(as_dask(X, 20))
+
+
+def test_sweep_over_priors_reads_once_per_round_and_equals_single_fits(tmp_path):
+    X, _ = blobs(N_SAMPLES)
+    data = as_dask(X, 200)
+    sweep = dask_gmm.BayesianGaussianMixtureSweep(
+        6, ["full", "spherical"], [0.01, 10.0], random_state=0, max_iter=30)
+    with count_computes() as computes:
+        sweep.fit(data)
+    assert len(computes) == sweep.n_rounds_ == max(sweep.results_["n_passes"])
+    for i, params in enumerate(sweep.results_["params"]):
+        single = BayesianGaussianMixture(random_state=0, max_iter=30, **params).fit(X)
+        np.testing.assert_allclose(sweep.results_["lower_bound"][i], single.lower_bound_,
+                                   rtol=1e-9)
+        assert sweep.results_["n_effective"][i] == np.sum(single.weights_ >= 0.01)
+    best = int(np.argmax(sweep.results_["lower_bound"]))
+    assert sweep.best_index_ == best and sweep.best_params_ == sweep.results_["params"][best]
+    sweep.save(tmp_path / "sweep.npz")
+    loaded = dask_gmm.load(tmp_path / "sweep.npz")
+    assert type(loaded) is dask_gmm.BayesianGaussianMixtureSweep
+    assert loaded.best_params_ == sweep.best_params_
+    np.testing.assert_array_equal(loaded.results_["n_effective"], sweep.results_["n_effective"])
+    np.testing.assert_array_equal(loaded.predict(X), sweep.predict(X))
