@@ -217,6 +217,37 @@ def em_options(command):
     return data_options(command)
 
 
+def bayesian_options(command):
+    """``--bayesian`` and the weight prior of a variational mixture (``fit``, ``sweep``)."""
+    options = [
+        click.option("--bayesian", is_flag=True,
+                     help="Fit variational Bayesian mixtures (BayesianGaussianMixture): "
+                          "-k is an upper bound and unneeded components get no weight."),
+        click.option("--weight-concentration-prior", "weight_priors", default=None,
+                     help="With --bayesian: the weight prior (sweep: comma-separated "
+                          "values); smaller values leave fewer components in use. "
+                          "Default 1/K (sweep: 0.001,0.1,10)."),
+        click.option("--weight-concentration-prior-type",
+                     type=click.Choice(["dirichlet_process", "dirichlet_distribution"]),
+                     default="dirichlet_process", show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def parse_floats(text, option="--weight-concentration-prior"):
+    """'0.01,1' -> [0.01, 1.0]; each value must be positive."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not v > 0 for v in values):
+        raise click.BadParameter(f"'{text}': positive numbers, comma-separated",
+                                 param_hint=option)
+    return values
+
+
 def data_options(command):
     """How DATA is read: an array (``--dataset``) or xarray variables and their feature dim."""
     options = [

@@ -10,5 +10,9 @@ NAN_POLICIES = ("raise", "omit")
 # and in the command line's CSV), besides the ``params`` dicts.
 RESULT_COLUMNS = ("n_components", "covariance_type", "bic", "aic", "lower_bound",
                   "n_iter", "converged", "n_passes", "finish_time", "error")
+# The same for BayesianGaussianMixtureSweep.results_.
+BAYESIAN_RESULT_COLUMNS = ("weight_concentration_prior", "covariance_type", "n_components",
+                           "lower_bound", "n_effective", "n_iter", "converged", "n_passes",
+                           "finish_time", "error")
 # The "format" a model file's header names (see persistence).
 MODEL_FORMAT = "dask-gmm-model"

@@ -17,7 +17,7 @@ from numbers import Real
 
 import numpy as np
 
-from ._options import COVARIANCE_TYPES
+from ._options import BAYESIAN_RESULT_COLUMNS, COVARIANCE_TYPES
 from ._validation import InvalidParameterError
 from .bayesian_mixture import BayesianGaussianMixture
 from .persistence import register
@@ -61,9 +61,7 @@ class BayesianGaussianMixtureSweep(GaussianMixtureSweep):
     """
 
     _final_pass = False
-    RESULT_COLUMNS = ("weight_concentration_prior", "covariance_type", "n_components",
-                      "lower_bound", "n_effective", "n_iter", "converged", "n_passes",
-                      "finish_time", "error")
+    RESULT_COLUMNS = BAYESIAN_RESULT_COLUMNS
 
     def __init__(
         self,

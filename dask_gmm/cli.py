@@ -10,7 +10,6 @@ error handling every subcommand shares are in ``_command``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -18,19 +17,21 @@ import tempfile
 import time
 
 import click
-import numpy as np
 
 from . import paths
 from ._command import (
+    bayesian_options,
     command_options,
     data_options,
     em_options,
     one_line,
+    parse_floats,
     plural,
     scheduler_context,
 )
 from ._options import COVARIANCE_TYPES
 from ._progress import progress_bar
+from ._report import print_model, results_table
 
 logger = logging.getLogger("dask_gmm.cli")
 
@@ -119,43 +120,6 @@ def open_xarray(path, variables, feature_dim, settings):
     return X
 
 
-def print_model(model, stream=None):
-    echo = functools.partial(click.echo, file=stream)
-    n_components, n_features = model.means_.shape
-    echo(f"GaussianMixture: {n_components} components, covariance_type="
-         f"{model.covariance_type!r}, {n_features} features, dtype {model.means_.dtype}")
-    echo(f"  converged: {model.converged_}, EM iterations: {model.n_iter_}, "
-         f"lower bound (mean log-likelihood): {model.lower_bound_:.6f}")
-    if getattr(model, "feature_dim_", None) or model.nan_policy != "raise":
-        names = getattr(model, "feature_names_in_", None)
-        echo(f"  features: dim {model.feature_dim_!r}"
-             + (f" {list(names)}" if names is not None else "")
-             + f", nan_policy={model.nan_policy!r}")
-    order = np.argsort(model.weights_)[::-1]
-    for k in order:
-        mean = np.array2string(model.means_[k], precision=3, max_line_width=10_000,
-                               threshold=8)
-        echo(f"  component {k}: weight {model.weights_[k]:.4f}, mean {mean}")
-
-
-def results_table(results):
-    lines = ["    K  covariance         BIC            AIC    lower bound  iters  passes"
-             "  converged"]
-    for i in range(len(results["bic"])):
-        error = results["error"][i]
-        if error:
-            lines.append(f"{results['n_components'][i]:5d}  {results['covariance_type'][i]:9s}"
-                         f"  failed: {error}")
-            continue
-        lines.append(
-            f"{results['n_components'][i]:5d}  {results['covariance_type'][i]:9s}"
-            f"  {results['bic'][i]:13.2f}  {results['aic'][i]:13.2f}"
-            f"  {results['lower_bound'][i]:12.6f}  {results['n_iter'][i]:5d}"
-            f"  {results['n_passes'][i]:6d}  {str(bool(results['converged'][i])):9s}"
-        )
-    return "\n".join(lines)
-
-
 def save_model_or_keep(model, path, overwrite):
     """Save ``model``; if that fails, save it in the temporary folder and say where."""
     try:
@@ -226,10 +190,11 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
               help="Replace --out if it is a model file dask-gmm wrote.")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Keep the EM state here after every iteration; run again to resume.")
+@bayesian_options
 @command_options()
 def fit(settings, data, n_components, covariance_type, init_params, n_init, max_iter, tol,
         reg_covar, seed, nan_policy, dataset, variables, feature_dim, out, overwrite,
-        checkpoint):
+        checkpoint, bayesian, weight_priors, weight_concentration_prior_type):
     """Fit one mixture to DATA and save it to --out."""
     from ._base import fit_estimator
     from .gaussian_mixture import GaussianMixture
@@ -237,10 +202,23 @@ def fit(settings, data, n_components, covariance_type, init_params, n_init, max_
     check_checkpoint(checkpoint, data, [out])
     paths.check_output(out, overwrite, paths.MODEL, inputs=[data, checkpoint])
     X = open_data(data, dataset, settings, variables, feature_dim, nan_policy)
-    model = GaussianMixture(n_components, covariance_type=covariance_type, tol=tol,
-                            reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-                            init_params=init_params, random_state=seed,
-                            nan_policy=nan_policy)
+    common = dict(n_components=n_components, covariance_type=covariance_type, tol=tol,
+                  reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
+                  init_params=init_params, random_state=seed, nan_policy=nan_policy)
+    if bayesian:
+        from .bayesian_mixture import BayesianGaussianMixture
+
+        priors = parse_floats(weight_priors) if weight_priors else [None]
+        if len(priors) > 1:
+            raise click.BadParameter("fit takes one value (sweep takes several)",
+                                     param_hint="--weight-concentration-prior")
+        model = BayesianGaussianMixture(
+            weight_concentration_prior=priors[0],
+            weight_concentration_prior_type=weight_concentration_prior_type, **common)
+    elif weight_priors is not None:
+        raise click.UsageError("--weight-concentration-prior goes with --bayesian.")
+    else:
+        model = GaussianMixture(**common)
     with scheduler_context(settings, X):
         start = time.perf_counter()
         with progress_bar(settings.progress, "fit", "pass") as bar:
@@ -282,10 +260,12 @@ def check_checkpoint(checkpoint, data, outputs):
               help="Replace outputs that exist if dask-gmm wrote them.")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Folder keeping every candidate's EM state; run again to resume.")
+@bayesian_options
 @command_options()
 def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, max_iter,
           tol, reg_covar, seed, nan_policy, dataset, variables, feature_dim, plot, results,
-          out, overwrite, checkpoint):
+          out, overwrite, checkpoint, bayesian, weight_priors,
+          weight_concentration_prior_type):
     """Fit every K x covariance type candidate on DATA together; report the best."""
     from .sweep import GaussianMixtureSweep
 
@@ -297,10 +277,23 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
             paths.check_output(path, overwrite, kind, inputs=[data, checkpoint],
                                option=option)
     X = open_data(data, dataset, settings, variables, feature_dim, nan_policy)
-    model = GaussianMixtureSweep(ks, types, criterion, tol=tol, reg_covar=reg_covar,
-                                 max_iter=max_iter, n_init=n_init,
-                                 init_params=init_params, random_state=seed,
-                                 progress=settings.progress, nan_policy=nan_policy)
+    common = dict(tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
+                  init_params=init_params, random_state=seed, progress=settings.progress,
+                  nan_policy=nan_policy)
+    if bayesian:
+        from .bayesian_sweep import BayesianGaussianMixtureSweep
+
+        if plot is not None:
+            raise click.UsageError("--plot draws BIC/AIC against K; a --bayesian sweep "
+                                   "reports its table (--results) instead.")
+        priors = parse_floats(weight_priors) if weight_priors else (0.001, 0.1, 10.0)
+        model = BayesianGaussianMixtureSweep(
+            ks, types, priors, weight_concentration_prior_type=weight_concentration_prior_type,
+            **common)
+    elif weight_priors is not None:
+        raise click.UsageError("--weight-concentration-prior goes with --bayesian.")
+    else:
+        model = GaussianMixtureSweep(ks, types, criterion, **common)
     model._check_grid(sample_count(X, feature_dim))
     with scheduler_context(settings, X):
         start = time.perf_counter()
@@ -308,11 +301,18 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
         elapsed = time.perf_counter() - start
     click.echo(results_table(model.results_))
     best = model.best_params_
-    click.echo(f"best by {criterion.upper()}: {best['n_components']} components, "
-               f"{best['covariance_type']} ({model.n_rounds_} passes over the data, "
-               f"{elapsed:.1f}s)")
+    if bayesian:
+        chosen = model.best_estimator_
+        click.echo(f"largest lower bound: prior {best['weight_concentration_prior']:g}, "
+                   f"{best['covariance_type']}, {model.results_['n_effective'][model.best_index_]}"
+                   f" effective components of {chosen.n_components} ({model.n_rounds_} passes "
+                   f"over the data, {elapsed:.1f}s)")
+    else:
+        click.echo(f"best by {criterion.upper()}: {best['n_components']} components, "
+                   f"{best['covariance_type']} ({model.n_rounds_} passes over the data, "
+                   f"{elapsed:.1f}s)")
     if results is not None:
-        write_results_csv(model.results_, results, overwrite)
+        write_results_csv(model.results_, results, overwrite, type(model).RESULT_COLUMNS)
         click.echo(f"table written to {results}")
     if plot is not None:
         write_plot(model.results_, plot, criterion, overwrite)
@@ -322,17 +322,18 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
         click.echo(f"model written to {out}")
 
 
-def write_results_csv(results, path, overwrite=False):
+def write_results_csv(results, path, overwrite=False, columns=None):
     import csv
 
     from ._options import RESULT_COLUMNS
 
+    columns = columns or RESULT_COLUMNS
     with paths.atomic_output(path, overwrite, paths.TABLE) as temporary, \
             open(temporary, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(RESULT_COLUMNS)
-        for i in range(len(results["bic"])):
-            writer.writerow([results[c][i] for c in RESULT_COLUMNS])
+        writer.writerow(columns)
+        for i in range(len(results["n_components"])):
+            writer.writerow([results[c][i] for c in columns])
 
 
 def write_plot(results, path, criterion, overwrite=False):
@@ -423,9 +424,11 @@ def info(settings, model_path):
 
     model = load(model_path)
     if isinstance(model, GaussianMixtureSweep):
-        click.echo(f"GaussianMixtureSweep ({model.criterion.upper()}), "
-                   f"{len(model.results_['bic'])} candidates, best: "
-                   f"{model.best_params_['n_components']} {model.best_params_['covariance_type']}")
+        best = model.best_params_
+        how = (model.criterion.upper() if hasattr(model, "criterion")
+               else "largest lower bound")
+        click.echo(f"{type(model).__name__} ({how}), {len(model.results_['n_components'])} "
+                   f"candidates, best: {', '.join(f'{k}={v}' for k, v in best.items())}")
         click.echo(results_table(model.results_))
         model = model.best_estimator_
     print_model(model)

@@ -30,7 +30,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from ._options import MODEL_FORMAT
+from ._options import BAYESIAN_RESULT_COLUMNS, MODEL_FORMAT
 
 # The marker attribute of zarr groups and HDF5 files we write, and its values.
 MARKER = "dask_gmm:output"
@@ -96,7 +96,8 @@ def written_by_us(path, kind):
         if kind == TABLE:
             with open(path, newline="") as f:
                 header = next(csv.reader(f), [])
-            return bool(header) and header[0] == TABLE_FIRST_COLUMN and "bic" in header
+            return bool(header) and (header[0] == TABLE_FIRST_COLUMN and "bic" in header
+                                     or tuple(header) == BAYESIAN_RESULT_COLUMNS)
         if kind == PLOT:
             with open(path, "rb") as f:
                 head = f.read(4096)

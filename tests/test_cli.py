@@ -348,3 +348,36 @@ def test_missing_zarr_chunks_with_a_nan_fill_value_are_masked_under_omit(tmp_pat
     opened = open_array(path, missing_chunks="nan")
     fitted = GaussianMixture(2, random_state=0, nan_policy="omit").fit(opened)
     np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-6)
+
+
+def test_bayesian_fit_sweep_and_info(generated, tmp_path):
+    """--bayesian: -k is an upper bound; info and the sweep table show effective components."""
+    _, paths = generated
+    data = paths["3"]
+    model_path = tmp_path / "bayes.npz"
+    fitted = dask_gmm("fit", data, "--bayesian", "-k", 6, "--weight-concentration-prior",
+                      0.001, "--seed", 0, "--out", model_path, "--no-progress")
+    assert "BayesianGaussianMixture:" in fitted.stdout
+    model = load(model_path)
+    assert type(model).__name__ == "BayesianGaussianMixture"
+    assert model.weight_concentration_prior == 0.001
+    used = int(np.sum(model.weights_ >= 0.01))
+    assert f"{used} effective components of 6" in dask_gmm("info", model_path).stdout
+    table = tmp_path / "bayes.csv"
+    swept = dask_gmm("sweep", data, "--bayesian", "-k", 5, "--covariance-type", "full,diag",
+                     "--weight-concentration-prior", "0.001,10", "--seed", 0, "--results",
+                     table, "--out", tmp_path / "sweep.npz", "--no-progress")
+    assert "largest lower bound: prior" in swept.stdout
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["covariance_type"] for r in rows} == {"full", "diag"}
+    assert all(1 <= int(r["n_effective"]) <= 5 for r in rows)
+    again = dask_gmm("sweep", data, "--bayesian", "-k", 5, "--covariance-type", "diag",
+                     "--weight-concentration-prior", "0.1", "--seed", 0, "--results", table,
+                     "--overwrite", "--no-progress")  # our own table is replaced
+    assert again.returncode == 0
+    info = dask_gmm("info", tmp_path / "sweep.npz").stdout
+    assert "BayesianGaussianMixtureSweep (largest lower bound), 4 candidates" in info
+    refused = dask_gmm("fit", data, "--weight-concentration-prior", 0.1, "-k", 2, "--out",
+                       tmp_path / "x.npz", "--no-progress", check=False)
+    assert refused.returncode == 2 and "goes with --bayesian" in refused.stderr
