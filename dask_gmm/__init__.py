@@ -3,7 +3,7 @@
 from ._engine import worker_settings
 from ._options import VERSION as __version__  # noqa: F401
 from ._validation import InvalidParameterError
-from .bayesian_mixture import BayesianGaussianMixture
+from .bayesian_mixture import BayesianGaussianMixture, plot_weights
 from .bayesian_sweep import BayesianGaussianMixtureSweep
 from .gaussian_mixture import GaussianMixture
 from .io import open_array
@@ -13,4 +13,5 @@ from .sweep import GaussianMixtureSweep, plot_criterion
 
 __all__ = ["BayesianGaussianMixture", "BayesianGaussianMixtureSweep", "GaussianMixture",
            "GaussianMixtureSweep", "InvalidParameterError", "ModelFormatError", "load",
-           "open_array", "plot_criterion", "worker_settings", "write_predictions"]
+           "open_array", "plot_criterion", "plot_weights", "worker_settings",
+           "write_predictions"]

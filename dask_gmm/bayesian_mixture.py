@@ -319,3 +319,44 @@ class BayesianGaussianMixture(BaseMixture):
     def n_effective_components_(self):
         """Components holding at least 1% of the weight (a summary of ``weights_``)."""
         return int(np.sum(np.asarray(self.weights_) >= 0.01))
+
+
+def plot_weights(model, path, title=None):
+    """Bar chart of a fitted mixture's weights, heaviest first (PNG by the suffix).
+
+    The picture that tells how many components a variational mixture kept:
+    the ones it does not need end with weights near zero.
+
+    Parameters
+    ----------
+    model : BayesianGaussianMixture or GaussianMixture
+        Fitted.
+    path : str or path-like
+    title : str, optional
+
+    Returns
+    -------
+    path
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("plot_weights needs matplotlib: pip install 'dask-gmm[plot]'") \
+            from None
+    weights = np.sort(np.asarray(model.weights_, dtype=float))[::-1]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(np.arange(1, len(weights) + 1), weights, color="tab:blue")
+    ax.axhline(0.01, color="grey", linewidth=0.8, linestyle="--", label="1% of the weight")
+    ax.set_xlabel("component (heaviest first)")
+    ax.set_ylabel("weight")
+    ax.set_xticks(np.arange(1, len(weights) + 1))
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -229,3 +229,20 @@ def test_sweep_over_priors_reads_once_per_round_and_equals_single_fits(tmp_path)
     assert loaded.best_params_ == sweep.best_params_
     np.testing.assert_array_equal(loaded.results_["n_effective"], sweep.results_["n_effective"])
     np.testing.assert_array_equal(loaded.predict(X), sweep.predict(X))
+
+
+def test_xarray_cube_and_weights_plot(tmp_path):
+    xr = pytest.importorskip("xarray")
+    X, _ = blobs(1200)
+    cube = xr.DataArray(X.reshape(30, 40, 3), dims=("y", "x", "band"),
+                        coords={"band": ["a", "b", "c"]}).chunk({"y": 10, "band": 1})
+    reference = SklearnBayesianGaussianMixture(n_components=4, random_state=0).fit(X)
+    ours = BayesianGaussianMixture(n_components=4, random_state=0).fit(
+        cube, feature_dim="band")
+    assert_same_posterior(ours, reference)
+    labels = ours.predict(cube)
+    assert labels.dims == ("y", "x")
+    np.testing.assert_array_equal(labels.values.reshape(-1), reference.predict(X))
+    path = dask_gmm.plot_weights(ours, tmp_path / "weights.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
