@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from time import perf_counter
 
 import dask
@@ -34,19 +33,27 @@ from ._engine import (
     score_samples_block,
 )
 from ._mstep import Params
+from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
 from ._requests import TakeRows
-from ._stats import pass_sums
-from ._validation import check_kept_rows, check_sample_weight, check_X, numpy_row_chunks
+from ._validation import (
+    InvalidParameterError,
+    check_int,
+    check_kept_rows,
+    check_option,
+    check_real,
+    check_sample_weight,
+    check_X,
+    numpy_row_chunks,
+)
 from ._xarray import xarray_kind
 from .checkpoint import (
+    Checkpointer,
     CheckpointMismatchError,
-    FitState,
     InitResult,
     check_data_sums,
     data_fingerprint,
     estimator_fingerprint,
     load_state,
-    save_state,
 )
 from .persistence import save_model, to_sklearn
 
@@ -102,35 +109,6 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
     return outcome
 
 
-@dataclass
-class Checkpointer:
-    """Saves one initialisation's EM state after every iteration (see ``checkpoint``).
-
-    ``resumed_sums`` are the data sums a resumed checkpoint holds: the first
-    pass after resuming is compared with them, which catches changed data.
-    """
-
-    path: object
-    fingerprint: dict
-    init: int
-    random_state: np.random.RandomState
-    best: InitResult | None
-    resumed_sums: tuple | None = None
-
-    def check_pass(self, stats):
-        """Compare the first pass after resuming with the checkpoint's data sums."""
-        if self.resumed_sums is not None:
-            check_data_sums(self.path, self.resumed_sums, stats)
-            self.resumed_sums = None
-
-    def save(self, state, finished, stats):
-        """Write ``state`` (an InitResult) and this pass's data sums."""
-        save_state(self.path, self.fingerprint, FitState(
-            self.init, state.n_iter, state.lower_bound, state.lower_bounds, finished,
-            state.params, self.random_state.get_state(), self.best, pass_sums(stats),
-            state.converged))
-
-
 class BaseMixture(DensityMixin, BaseEstimator):
     """Base of the mixtures: fit loop, checkpoints, lazy outputs, scores.
 
@@ -142,6 +120,25 @@ class BaseMixture(DensityMixin, BaseEstimator):
     """
 
     _params_class = Params
+
+    def _validate_shared_hyperparameters(self):
+        """The constructor parameters both mixtures have, with scikit-learn's messages."""
+        owner = type(self).__name__
+        check_int("n_components", self.n_components, 1, owner)
+        check_option("covariance_type", self.covariance_type, COVARIANCE_TYPES, owner)
+        check_real("tol", self.tol, owner)
+        check_real("reg_covar", self.reg_covar, owner)
+        check_int("max_iter", self.max_iter, 0, owner)
+        check_int("n_init", self.n_init, 1, owner)
+        check_option("init_params", self.init_params, INIT_PARAMS, owner)
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"The 'warm_start' parameter of {owner} must be an instance of "
+                f"'bool'. Got {self.warm_start!r} instead."
+            )
+        check_int("verbose", self.verbose, 0, owner)
+        check_int("verbose_interval", self.verbose_interval, 1, owner)
+        check_option("nan_policy", self.nan_policy, NAN_POLICIES, owner)
 
     def _seen_stats(self, stats):
         """Hook: statistics of a pass that no M-step follows (a finished checkpoint's)."""

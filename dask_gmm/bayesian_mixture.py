@@ -21,15 +21,13 @@ from sklearn.utils import check_array
 from ._base import BaseMixture
 from ._init import initial_estimate
 from ._mstep import gaussian_estimate, precisions_from_cholesky
-from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
+from ._plots import pyplot
 from ._requests import EStep, Moments
 from ._validation import (
     InvalidParameterError,
     _check_precision_matrix,
     _check_shape,
-    check_int,
     check_option,
-    check_real,
 )
 from ._variational import (
     WEIGHT_PRIOR_TYPES,
@@ -156,14 +154,8 @@ class BayesianGaussianMixture(BaseMixture):
     # ------------------------------------------------------------------ hooks
 
     def _validate_hyperparameters(self):
+        self._validate_shared_hyperparameters()
         owner = type(self).__name__
-        check_int("n_components", self.n_components, 1, owner)
-        check_option("covariance_type", self.covariance_type, COVARIANCE_TYPES, owner)
-        check_real("tol", self.tol, owner)
-        check_real("reg_covar", self.reg_covar, owner)
-        check_int("max_iter", self.max_iter, 0, owner)
-        check_int("n_init", self.n_init, 1, owner)
-        check_option("init_params", self.init_params, INIT_PARAMS, owner)
         check_option("weight_concentration_prior_type",
                      self.weight_concentration_prior_type, WEIGHT_PRIOR_TYPES, owner)
         _check_positive_or_none("weight_concentration_prior",
@@ -171,14 +163,6 @@ class BayesianGaussianMixture(BaseMixture):
         _check_positive_or_none("mean_precision_prior", self.mean_precision_prior, owner)
         _check_positive_or_none("degrees_of_freedom_prior", self.degrees_of_freedom_prior,
                                 owner)
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise InvalidParameterError(
-                f"The 'warm_start' parameter of {owner} must be an instance of "
-                f"'bool'. Got {self.warm_start!r} instead."
-            )
-        check_int("verbose", self.verbose, 0, owner)
-        check_int("verbose_interval", self.verbose_interval, 1, owner)
-        check_option("nan_policy", self.nan_policy, NAN_POLICIES, owner)
 
     def _check_initial_values(self, n_features):
         """Check the user's priors (scikit-learn's messages) before any pass; none is data."""
@@ -338,14 +322,7 @@ def plot_weights(model, path, title=None):
     -------
     path
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_weights needs matplotlib: pip install 'dask-gmm[plot]'") \
-            from None
+    plt = pyplot("plot_weights")
     weights = np.sort(np.asarray(model.weights_, dtype=float))[::-1]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(np.arange(1, len(weights) + 1), weights, color="tab:blue")

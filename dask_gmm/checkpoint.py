@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -243,3 +244,32 @@ def check_data_sums(path, saved, stats):
             f"Checkpoint '{path}' was made for other data (its sums differ from this "
             "data's). Use another checkpoint path, or delete this one to start afresh."
         )
+
+
+@dataclass
+class Checkpointer:
+    """Saves one initialisation's EM state after every iteration (see ``checkpoint``).
+
+    ``resumed_sums`` are the data sums a resumed checkpoint holds: the first
+    pass after resuming is compared with them, which catches changed data.
+    """
+
+    path: object
+    fingerprint: dict
+    init: int
+    random_state: np.random.RandomState
+    best: InitResult | None
+    resumed_sums: tuple | None = None
+
+    def check_pass(self, stats):
+        """Compare the first pass after resuming with the checkpoint's data sums."""
+        if self.resumed_sums is not None:
+            check_data_sums(self.path, self.resumed_sums, stats)
+            self.resumed_sums = None
+
+    def save(self, state, finished, stats):
+        """Write ``state`` (an InitResult) and this pass's data sums."""
+        save_state(self.path, self.fingerprint, FitState(
+            self.init, state.n_iter, state.lower_bound, state.lower_bounds, finished,
+            state.params, self.random_state.get_state(), self.best, pass_sums(stats),
+            state.converged))

@@ -28,7 +28,6 @@ from ._mstep import (
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
 )
-from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
 from ._requests import EStep
 from ._validation import (  # noqa: F401 - InvalidParameterError is public
     InvalidParameterError,
@@ -175,22 +174,7 @@ class GaussianMixture(BaseMixture):
     # ------------------------------------------------------------------ hooks
 
     def _validate_hyperparameters(self):
-        owner = type(self).__name__
-        check_int("n_components", self.n_components, 1, owner)
-        check_option("covariance_type", self.covariance_type, COVARIANCE_TYPES, owner)
-        check_real("tol", self.tol, owner)
-        check_real("reg_covar", self.reg_covar, owner)
-        check_int("max_iter", self.max_iter, 0, owner)
-        check_int("n_init", self.n_init, 1, owner)
-        check_option("init_params", self.init_params, INIT_PARAMS, owner)
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise InvalidParameterError(
-                f"The 'warm_start' parameter of {owner} must be an instance of "
-                f"'bool'. Got {self.warm_start!r} instead."
-            )
-        check_int("verbose", self.verbose, 0, owner)
-        check_int("verbose_interval", self.verbose_interval, 1, owner)
-        check_option("nan_policy", self.nan_policy, NAN_POLICIES, owner)
+        self._validate_shared_hyperparameters()
 
     def _check_initial_values(self, n_features):
         """User-given initial weights, means and precisions, validated."""

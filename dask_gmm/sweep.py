@@ -24,6 +24,7 @@ from ._base import prepare_rows
 from ._engine import compute_round, run_together
 from ._estep import NonFiniteInputError
 from ._options import COVARIANCE_TYPES, CRITERIA, RESULT_COLUMNS
+from ._plots import pyplot
 from ._progress import progress_bar
 from ._requests import LogLikelihood
 from ._validation import InvalidParameterError, check_X
@@ -388,15 +389,7 @@ def plot_criterion(results, path, criterion="bic"):
     -------
     path
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plot_criterion needs matplotlib: pip install 'dask-gmm[plot]'"
-        ) from None
+    plt = pyplot("plot_criterion")
     ks = np.asarray(results["n_components"])
     types = np.asarray(results["covariance_type"], dtype=object)
     values = np.asarray(results[criterion], dtype=float)
