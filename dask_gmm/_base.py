@@ -68,7 +68,8 @@ def prepare_rows(X, lazy, sample_weight, layout=None, nan_policy="raise"):
         X = da.from_array(X, chunks=(rows, n_features))
         if sample_weight is not None:
             sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
-    return ChunkedRows(X, sample_weight, omit_nan=nan_policy == "omit")
+    return ChunkedRows(X, sample_weight, omit_nan=nan_policy != "raise",
+                       marginalize=nan_policy == "marginalize")
 
 
 def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=None,
@@ -379,7 +380,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     # -------------------------------------------------------------- prediction
 
     def _rowwise(self, X, block_fn, dtype_out, name, extra_dim=None):
-        """Apply ``block_fn(block, params, omit_nan)`` to every block of samples.
+        """Apply ``block_fn(block, params, nan_policy)`` to every block of samples.
 
         Lazy on dask input (one task per block, features joined in it), eager
         otherwise; xarray input gets a DataArray on its sample dims back.
@@ -387,7 +388,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         X, lazy, layout = check_X(self, X, reset=False)
         params = self._current_params()
-        omit = self.nan_policy == "omit"
+        omit = self.nan_policy
         if not lazy:
             out = block_fn(X, params, omit)
             if layout is not None:
@@ -458,7 +459,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         log_prob = self.score_samples(X)
         if xarray_kind(log_prob) is not None:
             log_prob = log_prob.data
-        kept = ~np.isnan(log_prob) if self.nan_policy == "omit" else None
+        kept = ~np.isnan(log_prob) if self.nan_policy != "raise" else None
         if kept is None:
             total, count = log_prob.sum(), log_prob.size
         else:

@@ -159,13 +159,17 @@ class ChunkedRows:
         each block's task by :func:`join_features`).
     sample_weight : dask.array.Array of X's sample shape or (n_samples,), or None
     omit_nan : bool
-        Samples holding NaN are left out of every pass (``nan_policy='omit'``).
+        Samples holding NaN are no error: left out of every pass (``nan_policy='omit'``).
+    marginalize : bool
+        Samples missing some features enter the E-steps through their observed
+        features (``nan_policy='marginalize'``; see ``_missing``).
     """
 
-    def __init__(self, X, sample_weight=None, omit_nan=False):
+    def __init__(self, X, sample_weight=None, omit_nan=False, marginalize=False):
         X = join_features(X)
         self.array = X
-        self.omit_nan = omit_nan
+        self.omit_nan = omit_nan or marginalize
+        self.marginalize = marginalize
         self.sample_shape = tuple(X.shape[:-1])
         self.shape = (math.prod(self.sample_shape), X.shape[-1])
         self.dtype = X.dtype
@@ -210,7 +214,7 @@ class ChunkedRows:
         task = dask.delayed(chunk_pass, pure=True)
         parts = [
             task(block, shared, sample_weight=weight, chunk_index=i,
-                 omit_nan=self.omit_nan, place=place)
+                 omit_nan=self.omit_nan, marginalize=self.marginalize, place=place)
             for i, (block, weight, place) in enumerate(
                 zip(self.blocks, self.weight_blocks, self.places)
             )
@@ -384,34 +388,34 @@ def _block_place(block, block_info):
                     location[0] if len(location) == 1 else location)
 
 
-def block_log_resp(X, params, omit_nan=False, block_info=None):
+def block_log_resp(X, params, nan_policy="raise", block_info=None):
     """Log responsibilities ``(..., K)`` and log-likelihoods ``(...)`` of a block of samples."""
     rows = X.reshape(-1, X.shape[-1])
-    log_resp, log_norm = log_resp_and_norm(rows, params, omit_nan=omit_nan,
+    log_resp, log_norm = log_resp_and_norm(rows, params, nan_policy=nan_policy,
                                            place=_block_place(X, block_info))
     sample_shape = X.shape[:-1]
     return (log_resp.reshape(sample_shape + log_resp.shape[-1:]),
             log_norm.reshape(sample_shape))
 
 
-def predict_block(X, params, omit_nan=False, block_info=None):
-    """Most likely component of each sample, int64; -1 where a sample holds NaN."""
-    log_resp, log_norm = block_log_resp(X, params, omit_nan, block_info)
+def predict_block(X, params, nan_policy="raise", block_info=None):
+    """Most likely component of each sample, int64; -1 where a sample is left out."""
+    log_resp, log_norm = block_log_resp(X, params, nan_policy, block_info)
     if log_resp.shape[-1] == 0 or log_norm.size == 0:
         return np.zeros(log_norm.shape, dtype=np.int64)
     labels = np.nan_to_num(log_resp, nan=-np.inf).argmax(axis=-1)
-    if omit_nan:
+    if nan_policy != "raise":
         labels[np.isnan(log_norm)] = -1
     return labels
 
 
-def predict_proba_block(X, params, dtype, omit_nan=False, block_info=None):
+def predict_proba_block(X, params, dtype, nan_policy="raise", block_info=None):
     """Responsibilities of each sample, shape ``(..., K)``, in ``dtype``; NaN where masked."""
-    log_resp = block_log_resp(X, params, omit_nan, block_info)[0]
+    log_resp = block_log_resp(X, params, nan_policy, block_info)[0]
     return np.exp(log_resp).astype(dtype, copy=False)
 
 
-def score_samples_block(X, params, dtype, omit_nan=False, block_info=None):
+def score_samples_block(X, params, dtype, nan_policy="raise", block_info=None):
     """Log-likelihood of each sample, shape ``(...)``, in ``dtype``; NaN where masked."""
-    log_norm = block_log_resp(X, params, omit_nan, block_info)[1]
+    log_norm = block_log_resp(X, params, nan_policy, block_info)[1]
     return log_norm.astype(dtype, copy=False)

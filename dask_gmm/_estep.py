@@ -12,6 +12,7 @@ for the E-step of a fit.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -294,13 +295,18 @@ def chunk_shift(X):
         return np.zeros(X.shape[1])
     shift = head.mean(axis=0)
     if not np.isfinite(shift).all():
-        complete = head[~nan_rows(head)]
-        if len(complete) == 0 and X.shape[0] > SHIFT_ROWS:
-            whole = np.asarray(X)
-            complete = np.asarray(whole[~nan_rows(whole)][:SHIFT_ROWS], dtype=np.float64)
-        shift = complete.mean(axis=0) if len(complete) else np.zeros(X.shape[1])
-        if not np.isfinite(shift).all():
-            shift = np.zeros(X.shape[1])  # the row check reports the bad rows
+        # each feature's mean over the rows that have it: near the data even when
+        # few rows are complete (missing values marginalised)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            shift = np.nanmean(np.where(np.isinf(head), np.nan, head), axis=0)
+        if not np.isfinite(shift).all() and X.shape[0] > SHIFT_ROWS:
+            whole = np.asarray(X, dtype=np.float64)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                shift = np.where(np.isfinite(shift), shift, np.nanmean(
+                    np.where(np.isinf(whole), np.nan, whole), axis=0))
+        shift = np.where(np.isfinite(shift), shift, 0.0)
     return shift
 
 
@@ -466,7 +472,7 @@ def full_e_step(block, params, stats):
         stats.nk, stats.s1, stats.s2)
 
 
-def log_resp_and_norm(X, params, row_start=0, chunk_index=None, omit_nan=False,
+def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="raise",
                       place=None):
     """Log responsibilities and per-row log-likelihood for one block of rows.
 
@@ -476,8 +482,9 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, omit_nan=False,
     params : Params
     row_start, chunk_index : int
         Where ``X`` sits in the whole input, for error messages.
-    omit_nan : bool
-        Rows holding NaN get NaN outputs instead of an error.
+    nan_policy : {'raise', 'omit', 'marginalize'}
+        'omit': rows holding NaN get NaN outputs instead of an error;
+        'marginalize': rows missing some features are scored on the others.
     place : RowPlace or None
         Where ``X`` sits, instead of ``row_start`` and ``chunk_index``.
 
@@ -493,15 +500,27 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, omit_nan=False,
     log_resp = np.full((n, len(params.weights)), np.nan)
     log_norm = np.full(n, np.nan)
     for start, rows, _ in row_blocks(X, None, block_rows(params_row_width(params))):
-        rows, _, kept = screen_rows(rows, None, omit_nan, start, place)
-        block = RowBlock(rows, shift, None, start)
+        complete, _, kept = screen_rows(rows, None, nan_policy != "raise", start, place)
         with np.errstate(invalid="ignore", over="ignore"):
-            wlp = weighted_log_prob(block, params, shift)
-        top = wlp.max(axis=1)
-        top[~np.isfinite(top)] = 0.0
-        with np.errstate(divide="ignore"):
-            norm = np.log(np.exp(wlp - top[:, None]).sum(axis=1)) + top
-        at = np.arange(start, start + block.n) if kept is None else start + kept
-        log_norm[at] = norm
-        log_resp[at] = wlp - norm[:, None]
+            wlp = weighted_log_prob(RowBlock(complete, shift, None, start), params, shift)
+        at = np.arange(start, start + len(complete)) if kept is None else start + kept
+        _store_log_resp(wlp, at, log_resp, log_norm)
+        if nan_policy == "marginalize" and kept is not None:
+            from ._missing import IncompleteRows, component_views, log_prob_matrix
+
+            incomplete = IncompleteRows.from_block(rows, None, kept)
+            if incomplete.n:
+                wlp = log_prob_matrix(component_views(incomplete.rows, incomplete.missing,
+                                                      incomplete.groups, params, shift))
+                _store_log_resp(wlp, start + incomplete.positions, log_resp, log_norm)
     return log_resp, log_norm
+
+
+def _store_log_resp(wlp, at, log_resp, log_norm):
+    """Normalise weighted log densities ``wlp`` into rows ``at`` of the outputs."""
+    top = wlp.max(axis=1)
+    top[~np.isfinite(top)] = 0.0
+    with np.errstate(divide="ignore"):
+        norm = np.log(np.exp(wlp - top[:, None]).sum(axis=1)) + top
+    log_norm[at] = norm
+    log_resp[at] = wlp - norm[:, None]

@@ -5,7 +5,7 @@ VERSION = "0.1.0"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 CRITERIA = ("bic", "aic")
-NAN_POLICIES = ("raise", "omit")
+NAN_POLICIES = ("raise", "omit", "marginalize")
 # One entry per candidate in GaussianMixtureSweep.results_ (and in saved sweeps,
 # and in the command line's CSV), besides the ``params`` dicts.
 RESULT_COLUMNS = ("n_components", "covariance_type", "bic", "aic", "lower_bound",

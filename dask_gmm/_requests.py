@@ -41,6 +41,12 @@ from ._estep import (
     weighted_log_prob,
     weighted_sum,
 )
+from ._missing import (
+    IncompleteRows,
+    accumulate_expected,
+    component_views,
+    log_prob_matrix,
+)
 from ._stats import accumulate, empty_stats
 
 
@@ -84,6 +90,24 @@ class PassRequest:
         ----------
         chunk_index : int or None
             The chunk's position among the row chunks.
+        """
+        return None
+
+    def accumulate_incomplete(self, incomplete, stats):
+        """Add rows missing some features (``nan_policy='marginalize'``); None by default.
+
+        Requests that do not override it (the initialisations) use complete
+        rows only.
+
+        Parameters
+        ----------
+        incomplete : IncompleteRows
+        stats : SuffStats
+
+        Returns
+        -------
+        float or None
+            As :meth:`accumulate`.
         """
         return None
 
@@ -145,6 +169,18 @@ class EStep(PassRequest):
             R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
         accumulate(stats, block, R)
         return weighted_sum(log_norm, block.w)
+
+    def accumulate_incomplete(self, incomplete, stats):
+        """Observed-data densities and expected complete-data sums (see ``_missing``)."""
+        views = component_views(incomplete.rows, incomplete.missing, incomplete.groups,
+                                self.params, stats.shift)
+        with np.errstate(invalid="ignore", over="ignore"):
+            R, log_norm = responsibilities(log_prob_matrix(views))
+        accumulate_expected(stats, views, incomplete.groups, incomplete.missing,
+                            incomplete.weighted(R))
+        stats.n += incomplete.total_weight()
+        stats.rows += incomplete.n
+        return weighted_sum(log_norm, incomplete.w)
 
 
 class HardAssignment(PassRequest):
@@ -233,9 +269,19 @@ class LogLikelihood(PassRequest):
         stats.rows += block.n
         return weighted_sum(log_norm, block.w)
 
+    def accumulate_incomplete(self, incomplete, stats):
+        """The observed-data log-likelihood of rows missing some features."""
+        views = component_views(incomplete.rows, incomplete.missing, incomplete.groups,
+                                self.params, stats.shift)
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, log_norm = responsibilities(log_prob_matrix(views))
+        stats.n += incomplete.total_weight()
+        stats.rows += incomplete.n
+        return weighted_sum(log_norm, incomplete.w)
+
 
 def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
-               omit_nan=False, place=None):
+               omit_nan=False, marginalize=False, place=None):
     """Every request's statistics from one chunk: the ``chunk`` function of a pass.
 
     The rows are converted, shifted and checked once, and the quadratic
@@ -255,6 +301,9 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
     omit_nan : bool
         Rows holding NaN in any feature are left out of every statistic
         (``nan_policy='omit'``) instead of raising.
+    marginalize : bool
+        Rows missing some features are given to the requests that take them
+        (:meth:`PassRequest.accumulate_incomplete`; ``nan_policy='marginalize'``).
     place : RowPlace or None
         Where the chunk sits, instead of ``row_start`` (N-D blocks).
 
@@ -280,14 +329,21 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
     partials = [[] for _ in requests]
     rows_per_block = block_rows(max(r.row_width() for r in requests))
     for start, rows, w in row_blocks(X, sample_weight, rows_per_block):
-        rows, w, _ = screen_rows(rows, w, omit_nan, start, place)
-        if rows.shape[0] == 0:
-            continue
-        block = RowBlock(rows, shift, w, start)
-        for request, st, context, partial in zip(requests, stats, contexts, partials):
-            contribution = request.accumulate(block, st, context)
-            if contribution is not None:
-                partial.append(contribution)
+        complete, complete_w, kept = screen_rows(rows, w, omit_nan, start, place)
+        if complete.shape[0]:
+            block = RowBlock(complete, shift, complete_w, start)
+            for request, st, context, partial in zip(requests, stats, contexts, partials):
+                contribution = request.accumulate(block, st, context)
+                if contribution is not None:
+                    partial.append(contribution)
+        if marginalize and kept is not None:
+            incomplete = IncompleteRows.from_block(rows, w, kept)
+            if incomplete.n == 0:
+                continue
+            for request, st, partial in zip(requests, stats, partials):
+                contribution = request.accumulate_incomplete(incomplete, st)
+                if contribution is not None:
+                    partial.append(contribution)
     for st, partial in zip(stats, partials):
         st.log_likelihood = math.fsum(partial)
     return stats

@@ -139,7 +139,7 @@ def check_X(estimator, X, reset, ensure_min_samples=1, feature_dim=None):
         )
     if _is_lazy_store(X):
         X = open_array(X)
-    omit = getattr(estimator, "nan_policy", "raise") == "omit"
+    omit = getattr(estimator, "nan_policy", "raise") in ("omit", "marginalize")
     if not is_dask_collection(X):
         if layout is not None:
             X = np.asarray(X)

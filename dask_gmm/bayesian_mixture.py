@@ -156,6 +156,8 @@ class BayesianGaussianMixture(BaseMixture):
     def _validate_hyperparameters(self):
         self._validate_shared_hyperparameters()
         owner = type(self).__name__
+        # the variational bound with marginalised features is not written yet
+        check_option("nan_policy", self.nan_policy, ("raise", "omit"), owner)
         check_option("weight_concentration_prior_type",
                      self.weight_concentration_prior_type, WEIGHT_PRIOR_TYPES, owner)
         _check_positive_or_none("weight_concentration_prior",

@@ -54,7 +54,7 @@ def output_format(path):
 
 
 def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None,
-                  omit_nan=False):
+                  nan_policy="raise"):
     """Every asked output of one row chunk, from one E-step.
 
     Parameters
@@ -65,19 +65,20 @@ def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None,
         Among ``OUTPUTS``.
     dtype : numpy dtype
         Of the probabilities and scores (the model's).
-    omit_nan : bool
-        Rows holding NaN get label -1 and NaN probabilities and scores.
+    nan_policy : {'raise', 'omit', 'marginalize'}
+        The model's: rows left out get label -1 and NaN probabilities and scores.
 
     Returns
     -------
     dict of ndarray
         ``labels`` (n,) int64, ``proba`` (n, K), ``score_samples`` (n,).
     """
-    log_resp, log_norm = log_resp_and_norm(block, params, row_start, chunk_index, omit_nan)
+    log_resp, log_norm = log_resp_and_norm(block, params, row_start, chunk_index,
+                                           nan_policy)
     values = {}
     if "labels" in names:
         labels = np.nan_to_num(log_resp, nan=-np.inf).argmax(axis=1)
-        if omit_nan:
+        if nan_policy != "raise":
             labels[np.isnan(log_norm)] = -1
         values["labels"] = labels
     if "proba" in names:
@@ -88,10 +89,10 @@ def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None,
 
 
 def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index,
-                      omit_nan=False):
+                      nan_policy="raise"):
     import zarr
 
-    values = predict_chunk(block, params, names, dtype, row_start, chunk_index, omit_nan)
+    values = predict_chunk(block, params, names, dtype, row_start, chunk_index, nan_policy)
     group = zarr.open_group(path, mode="r+")
     stop = row_start + len(block)
     for name, value in values.items():
@@ -172,7 +173,7 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     if not lazy:
         raise TypeError("write_predictions takes a dask array (see dask_gmm.open_array).")
     X, chunk_rows = _aligned(join_features(X), chunk_rows)
-    omit = model.nan_policy == "omit"
+    omit = model.nan_policy
     row_chunks = X.chunks[0]
     params = model._current_params()
     dtype = model.means_.dtype

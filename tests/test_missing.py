@@ -1,0 +1,181 @@
+"""Missing values integrated out (nan_policy='marginalize') against a dense reference.
+
+The reference below is the textbook algorithm, row by row and component by
+component, with the conditional Gaussian formulas on covariances (what the
+package does with precisions, grouped by pattern): slow and obviously right.
+"""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
+
+from dask_gmm import GaussianMixture
+
+from .helpers import COVARIANCE_TYPES, as_dask, blobs, ragged_chunks
+
+EPS = np.finfo(np.float64).eps
+
+
+def full_covariance(covariances, k, covariance_type, n_features):
+    if covariance_type == "full":
+        return covariances[k]
+    if covariance_type == "tied":
+        return covariances
+    if covariance_type == "diag":
+        return np.diag(covariances[k])
+    return np.eye(n_features) * covariances[k]
+
+
+def dense_em(X, w, weights, means, covariances, covariance_type, n_iter, reg_covar=1e-6):
+    """``n_iter`` EM iterations with missing values; returns parameters and lower bounds."""
+    n, n_features = X.shape
+    n_components = len(weights)
+    bounds = []
+    for _ in range(n_iter):
+        log_prob = np.zeros((n, n_components))
+        filled = np.zeros((n, n_components, n_features))
+        conditional = np.zeros((n, n_components, n_features, n_features))
+        for i in range(n):
+            o = ~np.isnan(X[i])
+            m = ~o
+            for k in range(n_components):
+                cov = full_covariance(covariances, k, covariance_type, n_features)
+                mu = means[k]
+                s_oo, s_mo, s_mm = cov[np.ix_(o, o)], cov[np.ix_(m, o)], cov[np.ix_(m, m)]
+                log_prob[i, k] = np.log(weights[k]) + multivariate_normal.logpdf(
+                    X[i, o], mu[o], s_oo)
+                row = X[i].copy()
+                row[m] = mu[m] + s_mo @ np.linalg.solve(s_oo, X[i, o] - mu[o])
+                filled[i, k] = row
+                conditional[i, k][np.ix_(m, m)] = s_mm - s_mo @ np.linalg.solve(s_oo, s_mo.T)
+        log_norm = logsumexp(log_prob, axis=1)
+        bounds.append(float(w @ log_norm / w.sum()))
+        resp = np.exp(log_prob - log_norm[:, None]) * w[:, None]
+        nk = resp.sum(axis=0) + 10 * EPS
+        means = np.einsum("nk,nkd->kd", resp, filled) / nk[:, None]
+        scatter = np.empty((n_components, n_features, n_features))
+        for k in range(n_components):
+            centred = filled[:, k] - means[k]
+            scatter[k] = (np.einsum("n,ni,nj->ij", resp[:, k], centred, centred)
+                          + np.einsum("n,nij->ij", resp[:, k], conditional[:, k])) / nk[k]
+        eye = np.eye(n_features)
+        if covariance_type == "full":
+            covariances = scatter + reg_covar * eye
+        elif covariance_type == "tied":
+            covariances = np.einsum("k,kij->ij", nk, scatter) / nk.sum() + reg_covar * eye
+        elif covariance_type == "diag":
+            covariances = np.diagonal(scatter, axis1=1, axis2=2) + reg_covar
+        else:
+            covariances = np.diagonal(scatter, axis1=1, axis2=2).mean(axis=1) + reg_covar
+        weights = nk / nk.sum()
+    return weights, means, covariances, bounds
+
+
+def holes(X, share, seed=0):
+    """X with ``share`` of its values missing completely at random (no row all missing)."""
+    rng = np.random.RandomState(seed)
+    out = X.copy()
+    out[rng.rand(*X.shape) < share] = np.nan
+    empty = np.isnan(out).all(axis=1)
+    out[empty, 0] = X[empty, 0]
+    return out
+
+
+def start_for(X, covariance_type, n_components=3, seed=1):
+    rng = np.random.RandomState(seed)
+    complete = X[~np.isnan(X).any(axis=1)]
+    means = complete[rng.choice(len(complete), n_components, replace=False)]
+    n_features = X.shape[1]
+    covariances = {"full": np.tile(np.eye(n_features) * 2.0, (n_components, 1, 1)),
+                   "tied": np.eye(n_features) * 2.0,
+                   "diag": np.full((n_components, n_features), 2.0),
+                   "spherical": np.full(n_components, 2.0)}[covariance_type]
+    precisions = {"full": np.linalg.inv, "tied": np.linalg.inv}.get(
+        covariance_type, lambda c: 1.0 / c)(covariances)
+    weights = np.full(n_components, 1.0 / n_components)
+    return weights, means, covariances, dict(weights_init=weights, means_init=means,
+                                             precisions_init=precisions)
+
+
+@pytest.mark.parametrize("layout", ["numpy", "ragged dask, weighted"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_equals_the_dense_reference(covariance_type, layout):
+    X, _ = blobs(240, n_features=4)
+    X = holes(X, 0.25)
+    w = np.ones(len(X))
+    data = X
+    if layout != "numpy":
+        w = np.random.RandomState(4).uniform(0.5, 2.0, len(X))
+        data = as_dask(X, ragged_chunks(len(X), 5))
+    weights, means, covariances, init = start_for(X, covariance_type)
+    reference = dense_em(X, w, weights, means, covariances, covariance_type, n_iter=4)
+    ours = GaussianMixture(3, covariance_type=covariance_type, max_iter=4, tol=0,
+                           nan_policy="marginalize", **init)
+    ours.fit(data, sample_weight=None if layout == "numpy" else w)
+    np.testing.assert_allclose(ours.weights_, reference[0], rtol=1e-6)
+    np.testing.assert_allclose(ours.means_, reference[1], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours.covariances_, reference[2], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours.lower_bounds_, reference[3], rtol=1e-9)
+    # partially observed rows are scored on what they have
+    final = dense_em(X, w, *reference[:3], covariance_type, n_iter=1)[3][0]
+    np.testing.assert_allclose(np.average(np.asarray(ours.score_samples(data)), weights=w),
+                               final, rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_float32_and_an_offset_of_a_million(covariance_type):
+    X, _ = blobs(240, n_features=4)
+    X = holes(X, 0.25)
+    weights, means, covariances, init = start_for(X, covariance_type)
+    reference = dense_em(X, np.ones(len(X)), weights, means, covariances,
+                         covariance_type, n_iter=4)
+    moved = dict(init, means_init=init["means_init"] + 1e6)
+    far = GaussianMixture(3, covariance_type=covariance_type, max_iter=4, tol=0,
+                          nan_policy="marginalize", **moved).fit(as_dask(X + 1e6, 60))
+    np.testing.assert_allclose(far.means_ - 1e6, reference[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(far.covariances_, reference[2], rtol=1e-6, atol=1e-7)
+    single = GaussianMixture(3, covariance_type=covariance_type, max_iter=4, tol=0,
+                             nan_policy="marginalize", **init).fit(
+        as_dask(X.astype(np.float32), 60))
+    assert single.means_.dtype == np.float32
+    np.testing.assert_allclose(single.means_, reference[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_without_missing_values_the_ordinary_fit(covariance_type):
+    X, _ = blobs(600)
+    plain = GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(
+        as_dask(X, 100))
+    marginal = GaussianMixture(3, covariance_type=covariance_type, random_state=0,
+                               nan_policy="marginalize").fit(as_dask(X, 100))
+    np.testing.assert_array_equal(marginal.means_, plain.means_)
+    np.testing.assert_array_equal(marginal.lower_bounds_, plain.lower_bounds_)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_observed_data_lower_bound_never_decreases(covariance_type):
+    X, _ = blobs(1000, n_features=5)
+    gm = GaussianMixture(4, covariance_type=covariance_type, random_state=0, max_iter=40,
+                         tol=0, nan_policy="marginalize").fit(as_dask(holes(X, 0.3), 128))
+    assert np.all(np.diff(gm.lower_bounds_) >= -1e-9)
+
+
+def test_recovery_with_forty_percent_missing():
+    """8 features, 40% of values missing at random: close to the complete-data fit."""
+    rng = np.random.RandomState(0)
+    centres = rng.normal(scale=4.0, size=(3, 8))
+    labels = rng.randint(0, 3, 3000)
+    X = centres[labels] + rng.normal(size=(3000, 8))
+    Xm = holes(X, 0.4, seed=1)
+    assert (~np.isnan(Xm).any(axis=1)).mean() < 0.03  # 'omit' keeps under 3% of rows
+    complete = GaussianMixture(3, random_state=0).fit(X)
+    marginal = GaussianMixture(3, random_state=0, nan_policy="marginalize").fit(
+        as_dask(Xm, 500))
+    order = [int(np.argmin(((complete.means_ - m) ** 2).sum(axis=1)))
+             for m in marginal.means_]
+    assert sorted(order) == [0, 1, 2]
+    np.testing.assert_allclose(marginal.means_, complete.means_[order], atol=0.25)
+    agree = np.mean(np.asarray(order)[np.asarray(marginal.predict(Xm))]
+                    == complete.predict(X))
+    assert agree >= 0.95
