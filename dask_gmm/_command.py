@@ -210,7 +210,9 @@ def em_options(command):
         click.option("--nan-policy", type=click.Choice(NAN_POLICIES), default="raise",
                      show_default=True,
                      help="'omit' leaves samples holding NaN out of the fit (predict "
-                          "labels them -1); 'raise' refuses them."),
+                          "labels them -1); 'marginalize' treats NaN as missing values "
+                          "and fits on each row's observed features; 'raise' refuses "
+                          "them."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -38,31 +38,39 @@ LOG_2PI = math.log(2 * math.pi)
 class PatternGroup:
     """The rows of a block that miss ``q`` features, by pattern.
 
+    The incomplete rows are sorted by their number of missing features, so a
+    group's rows are one slice.
+
     Attributes
     ----------
-    rows : ndarray of shape (n_q,)
-        Positions of the rows in the block.
+    rows : slice
+        The group's rows among the (sorted) incomplete rows.
     missing : ndarray of shape (n_q, q)
         The missing features of each row.
+    flat : ndarray of shape (n_q * q,)
+        Positions of the missing entries in the flattened ``(n, D)`` rows.
     pattern_of_row : ndarray of shape (n_q,)
         Index of each row's pattern in ``patterns``.
     patterns : ndarray of shape (P, q)
         The distinct missing sets.
     """
 
-    def __init__(self, rows, missing):
+    def __init__(self, rows, missing, n_features):
         self.rows = rows
+        self.missing = missing
+        self.flat = (np.arange(rows.start, rows.stop)[:, None] * n_features
+                     + missing).reshape(-1)
         self.patterns, self.pattern_of_row = np.unique(missing, axis=0, return_inverse=True)
         self.pattern_of_row = self.pattern_of_row.reshape(-1)
-        self.missing = missing
 
 
 def pattern_groups(missing_mask):
-    """Rows grouped by their number of missing features (rows missing none or all left out).
+    """Rows grouped by their number of missing features.
 
     Parameters
     ----------
     missing_mask : ndarray of shape (n, D), bool
+        Sorted by the number of missing features; no row misses none or all.
 
     Returns
     -------
@@ -70,14 +78,13 @@ def pattern_groups(missing_mask):
     """
     counts = missing_mask.sum(axis=1)
     n_features = missing_mask.shape[1]
+    bounds = np.flatnonzero(np.diff(counts)) + 1
     groups = []
-    for q in np.unique(counts):
-        if q == 0 or q == n_features:
-            continue
-        rows = np.flatnonzero(counts == q)
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(counts)]):
+        q = int(counts[start])
         # each row's missing features, in increasing order
-        missing = np.nonzero(missing_mask[rows])[1].reshape(len(rows), q)
-        groups.append(PatternGroup(rows, missing))
+        missing = np.nonzero(missing_mask[start:stop])[1].reshape(stop - start, q)
+        groups.append(PatternGroup(slice(int(start), int(stop)), missing, n_features))
     return groups
 
 
@@ -126,19 +133,23 @@ def component_views(rows, missing_mask, groups, params, shift):
     cov_type = params.covariance_type
     n, n_features = rows.shape
     observed = n_features - missing_mask.sum(axis=1)
+    present = (~missing_mask).astype(np.float64)
     log_mixing = params.log_mixing()
+    # observed entries minus the shift, missing ones 0: the base of every filled row
+    base = np.where(missing_mask, 0.0, rows - shift)
     views = []
-    values = np.where(missing_mask, 0.0, rows).astype(np.float64)
     tied_factors = {}  # tied: one factorisation per pattern group serves every component
     for k, mean in enumerate(params.means):
-        d = np.where(missing_mask, 0.0, values - mean)
+        local_mean = mean - shift
+        d = base - present * local_mean  # x - mean, missing entries 0
         if cov_type in ("full", "tied"):
             chol = params.prec_chol[k] if cov_type == "full" else params.prec_chol
             precision = chol @ chol.T
             g = d @ precision
             quad = np.einsum("nd,nd->n", d, g)
-            log_det = 2 * np.log(np.diagonal(chol)).sum() * np.ones(n)
-            filled = np.where(missing_mask, 0.0, values) - shift
+            log_det = np.full(n, 2 * np.log(np.diagonal(chol)).sum())
+            filled = base.copy()
+            g_flat, filled_flat = g.reshape(-1), filled.reshape(-1)
             conditional = []
             for index, group in enumerate(groups):
                 if index in tied_factors:
@@ -150,14 +161,11 @@ def component_views(rows, missing_mask, groups, params, shift):
                     inverse = np.linalg.inv(blocks)
                     if cov_type == "tied":
                         tied_factors[index] = inverse, log_det_mm
-                g_m = np.take_along_axis(g[group.rows], group.missing, axis=1)
+                g_m = g_flat[group.flat].reshape(group.missing.shape)
                 solved = np.einsum("nij,nj->ni", inverse[group.pattern_of_row], g_m)
                 quad[group.rows] -= np.einsum("ni,ni->n", g_m, solved)
                 log_det[group.rows] -= log_det_mm[group.pattern_of_row]
-                fill = mean[group.missing] - solved - shift[group.missing]
-                block = filled[group.rows]
-                np.put_along_axis(block, group.missing, fill, axis=1)
-                filled[group.rows] = block
+                filled_flat[group.flat] = (local_mean[group.missing] - solved).reshape(-1)
                 conditional.append(inverse)
             log_prob = -0.5 * quad + 0.5 * log_det
         else:
@@ -165,9 +173,8 @@ def component_views(rows, missing_mask, groups, params, shift):
             if cov_type == "spherical":
                 precisions = np.full(n_features, precisions)
             quad = (d * d) @ precisions
-            log_det = np.where(missing_mask, 0.0, np.log(precisions)).sum(axis=1)
-            log_prob = -0.5 * quad + 0.5 * log_det
-            filled = np.where(missing_mask, mean, values) - shift
+            log_prob = -0.5 * quad + 0.5 * (present @ np.log(precisions))
+            filled = base + (1.0 - present) * local_mean
             conditional = 1.0 / precisions
         log_prob += log_mixing[k] - 0.5 * observed * LOG_2PI
         views.append(ComponentView(log_prob, filled, conditional))
@@ -209,7 +216,9 @@ def accumulate_expected(stats, views, groups, missing_mask, resp_weighted):
                                    minlength=len(group.patterns))
                 index = (group.patterns[:, :, None] * n_features
                          + group.patterns[:, None, :])
-                np.add.at(second.reshape(-1), index, mass[:, None, None] * inverse)
+                second.reshape(-1)[:] += np.bincount(
+                    index.reshape(-1), weights=(mass[:, None, None] * inverse).reshape(-1),
+                    minlength=n_features * n_features)
             if cov_type == "full":
                 stats.s2[k] += second[upper]
             else:
@@ -228,7 +237,7 @@ class IncompleteRows:
     Parameters
     ----------
     rows : ndarray of shape (n, D)
-        With NaN at the missing features.
+        With NaN at the missing features, sorted by the number missing.
     w : ndarray of shape (n,) or None
     positions : ndarray of shape (n,)
         Their positions in the block.
@@ -258,7 +267,9 @@ class IncompleteRows:
         if complete_positions is not None:
             others[complete_positions] = False
         candidates = np.flatnonzero(others)
-        observed_any = ~np.isnan(rows[candidates]).all(axis=1)
-        positions = candidates[observed_any]
+        missing = np.isnan(rows[candidates])
+        counts = missing.sum(axis=1)
+        keep = counts < rows.shape[1]
+        positions = candidates[keep][np.argsort(counts[keep], kind="stable")]
         return cls(np.asarray(rows[positions], dtype=np.float64),
                    None if w is None else w[positions], positions)

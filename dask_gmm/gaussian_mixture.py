@@ -92,12 +92,17 @@ class GaussianMixture(BaseMixture):
         change of the lower bound.
     verbose_interval : int, default=10
         Iterations between messages.
-    nan_policy : {'raise', 'omit'}, default='raise'
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
         What a sample holding NaN in any feature means. 'raise': an error, as
         in scikit-learn. 'omit': the sample is left out of the fit (no
         statistic, k-means step or row draw uses it, and BIC/AIC count only
         the samples kept); ``predict`` gives it -1, ``predict_proba`` and
-        ``score_samples`` NaN. Infinity is always an error.
+        ``score_samples`` NaN. 'marginalize': NaN marks a missing value; EM
+        integrates it out (each row's density is the marginal of its observed
+        features, the M-step takes expected statistics), and predictions and
+        scores use the observed features; a sample with every feature missing
+        is left out as under 'omit'. The initialisation uses the complete rows.
+        Infinity is always an error.
 
     Attributes
     ----------

@@ -179,3 +179,19 @@ def test_recovery_with_forty_percent_missing():
     agree = np.mean(np.asarray(order)[np.asarray(marginal.predict(Xm))]
                     == complete.predict(X))
     assert agree >= 0.95
+
+
+def test_sweep_scores_observed_data_and_the_bayesian_mixture_refuses():
+    from dask_gmm import BayesianGaussianMixture, GaussianMixtureSweep
+    from dask_gmm._validation import InvalidParameterError
+
+    X, _ = blobs(900, n_features=4)
+    Xm = as_dask(holes(X, 0.2), 300)
+    sweep = GaussianMixtureSweep([2, 4], ["full", "diag"], random_state=0,
+                                 nan_policy="marginalize").fit(Xm)
+    for i, params in enumerate(sweep.results_["params"]):
+        single = GaussianMixture(random_state=0, nan_policy="marginalize", **params).fit(Xm)
+        np.testing.assert_allclose(sweep.results_["bic"][i], single.bic(Xm), rtol=1e-9)
+    with pytest.raises(InvalidParameterError, match="'nan_policy' parameter of "
+                                                    "BayesianGaussianMixture"):
+        BayesianGaussianMixture(nan_policy="marginalize").fit(Xm)

@@ -1,0 +1,146 @@
+"""Missing values: marginalising EM against listwise deletion and mean imputation, and its cost.
+
+1. Recovery. 8 features, 3 components, 40% of values missing completely at
+   random. Each way of handling the holes is compared with the fit on the
+   complete data (which nobody has in practice): the largest distance of a
+   fitted mean to its complete-data counterpart, and the share of rows whose
+   label agrees with the complete-data fit's.
+2. Cost. N=1,000,000, D=16, K=8, full covariance: seconds per EM iteration with
+   10% of values missing at random against the same data with none missing, in
+   one run, and how many distinct missingness patterns the row blocks hold.
+
+Run: ``python -m benchmarks.bench_missing [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import dask.array as da
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+
+from dask_gmm import GaussianMixture
+
+from ._common import machine_summary, write_section
+from .bench_em_iteration import make_data
+
+N_ITER = 6
+
+
+def with_holes(X, share, seed=0):
+    rng = np.random.default_rng(seed)
+    out = X.copy()
+    out[rng.random(X.shape) < share] = np.nan
+    empty = np.isnan(out).all(axis=1)
+    out[empty, 0] = X[empty, 0]
+    return out
+
+
+def compare(reference, fitted, X_complete, X_seen):
+    """Largest mean error (matched components) and label agreement with ``reference``."""
+    order = [int(np.argmin(((reference.means_ - m) ** 2).sum(axis=1))) for m in fitted.means_]
+    error = float(np.abs(fitted.means_ - reference.means_[order]).max())
+    labels = np.asarray(order)[np.asarray(fitted.predict(X_seen))]
+    agree = float(np.mean(labels == reference.predict(X_complete)))
+    return error, agree, len(set(order)) == len(order)
+
+
+def recovery(n_samples=20_000):
+    X, _ = make_data(n_samples, 8, 3, seed=5)
+    Xm = with_holes(X, 0.4, seed=6)
+    complete_rows = ~np.isnan(Xm).any(axis=1)
+    reference = GaussianMixture(3, random_state=0).fit(X)
+    rows = []
+    marginal = GaussianMixture(3, random_state=0, nan_policy="marginalize").fit(
+        da.from_array(Xm, chunks=(5000, 8)))
+    rows.append(("marginalize", *compare(reference, marginal, X, Xm)))
+    try:
+        omit = GaussianMixture(3, random_state=0, nan_policy="omit").fit(Xm)
+        error, agree, distinct = compare(reference, omit, X[complete_rows],
+                                         Xm[complete_rows])
+        # the other rows get no label at all (-1)
+        rows.append(("omit (only complete rows get a label)", error,
+                     agree * float(complete_rows.mean()), distinct))
+    except ValueError as failure:
+        rows.append((f"omit: {failure}", np.nan, 0.0, False))
+    imputed = np.where(np.isnan(Xm), np.nanmean(Xm, axis=0), Xm)
+    mean_fill = GaussianMixture(3, random_state=0).fit(imputed)
+    rows.append(("mean imputation", *compare(reference, mean_fill, X, imputed)))
+    return rows, float(complete_rows.mean())
+
+
+def seconds_per_iteration(X, policy, means):
+    def fit(n_iter):
+        model = GaussianMixture(8, max_iter=n_iter, tol=0, nan_policy=policy,
+                                means_init=means, weights_init=np.full(8, 1 / 8),
+                                precisions_init=np.tile(np.eye(X.shape[1]), (8, 1, 1)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            start = time.perf_counter()
+            model.fit(X)
+        return time.perf_counter() - start
+
+    fit(1)  # imports and compilation
+    return (fit(N_ITER) - fit(2)) / (N_ITER - 2)
+
+
+def pattern_counts(Xm, block=16384):
+    counts = []
+    for start in range(0, len(Xm), block):
+        mask = np.isnan(Xm[start:start + block])
+        incomplete = mask[mask.any(axis=1)]
+        counts.append(len(np.unique(incomplete, axis=0)))
+    return int(np.median(counts)), int(max(counts))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N=200,000 for the cost")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    rows, kept = recovery()
+    n_samples = 200_000 if args.quick else 1_000_000
+    X, means = make_data(n_samples, 16, 8)
+    Xm = with_holes(X, 0.1)
+    chunks = (62_500, 16)
+    plain = seconds_per_iteration(da.from_array(X, chunks=chunks), "raise", means)
+    marginal = seconds_per_iteration(da.from_array(Xm, chunks=chunks), "marginalize", means)
+    incomplete = float(np.isnan(Xm).any(axis=1).mean())
+    median_patterns, most_patterns = pattern_counts(Xm)
+    print(f"cost: {plain:.3f} s/iter complete, {marginal:.3f} s/iter with 10% missing "
+          f"({marginal / plain:.2f}x)", flush=True)
+    lines = machine_summary() + [
+        "",
+        "Recovery: 20,000 rows, 8 features, 3 components, 40% of values missing completely "
+        f"at random ({kept:.1%} of rows complete). Compared with the fit on the complete "
+        "data: the largest error of a fitted mean, and the share of rows labelled as the "
+        "complete-data fit labels them.",
+        "",
+        "| handling of missing values | largest mean error | labels agreeing |",
+        "|---|---|---|",
+    ]
+    for name, error, agree, _ in rows:
+        lines.append(f"| {name} | {error:.3f} | {agree:.1%} |")
+    lines += [
+        "",
+        f"Cost: N={n_samples:,}, D=16, K=8, full covariance, chunks of 62,500 rows, same "
+        f"start, (time of {N_ITER} iterations - time of 2) / {N_ITER - 2}. With 10% of "
+        f"values missing, {incomplete:.0%} of rows miss at least one feature; a block of "
+        f"16,384 rows holds {median_patterns} distinct patterns (median, at most "
+        f"{most_patterns}). Target (issue 15): <= 3x the complete-data iteration.",
+        "",
+        "| data | s/iter | ratio |",
+        "|---|---|---|",
+        f"| complete | {plain:.3f} | 1.00 |",
+        f"| 10% missing, marginalize | {marginal:.3f} | {marginal / plain:.2f} |",
+    ]
+    if not args.no_write:
+        write_section("missing", "Missing values (nan_policy='marginalize')", lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
