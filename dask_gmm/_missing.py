@@ -60,7 +60,15 @@ class PatternGroup:
         self.missing = missing
         self.flat = (np.arange(rows.start, rows.stop)[:, None] * n_features
                      + missing).reshape(-1)
-        self.patterns, self.pattern_of_row = np.unique(missing, axis=0, return_inverse=True)
+        q = missing.shape[1]
+        if q * math.log2(max(n_features, 2)) < 62:  # each pattern as one integer
+            keys = missing @ (n_features ** np.arange(q, dtype=np.int64))
+            unique_keys, first, self.pattern_of_row = np.unique(
+                keys, return_index=True, return_inverse=True)
+            self.patterns = missing[first]
+        else:
+            self.patterns, self.pattern_of_row = np.unique(missing, axis=0,
+                                                           return_inverse=True)
         self.pattern_of_row = self.pattern_of_row.reshape(-1)
 
 
