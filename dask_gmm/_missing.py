@@ -101,33 +101,44 @@ def _submatrices(matrix, patterns):
     return matrix[patterns[:, :, None], patterns[:, None, :]]
 
 
-class ComponentView:
-    """One component's marginal densities and filled rows for a block's incomplete rows.
+class MarginalTerms:
+    """A block's incomplete rows under every component: densities and expected rows.
 
     Attributes
     ----------
-    log_prob : ndarray of shape (n,)
-        ``log N(x_o | mean_o, cov_oo)``.
-    filled : ndarray of shape (n, D)
-        The rows with their missing features at the conditional mean, minus ``shift``.
-    conditional : list of ndarray of shape (P, q, q), or ndarray of shape (D,)
-        Per pattern group, the conditional covariances (full, tied); or the
-        component's variances (diag, spherical), whose missing entries are it.
+    log_prob : ndarray of shape (n, K)
+        ``log weight_k + log N(x_o | mean_o, cov_oo)``.
+    base : ndarray of shape (n, D)
+        Observed values minus the shift, 0 where missing.
+    fills : list of ndarray of shape (n_q, K, q)
+        Full and tied: per pattern group, the conditional means of the missing
+        features minus the shift, for every component.
+    inverses : list of ndarray of shape (K, P, q, q)
+        Full and tied: per pattern group, the conditional covariances.
+    variances : ndarray of shape (K, D)
+        Diag and spherical: each component's variances (a missing feature's
+        conditional mean is the component mean, its variance the component's).
+    local_means : ndarray of shape (K, D)
+        The means minus the shift.
     """
 
-    def __init__(self, log_prob, filled, conditional):
+    def __init__(self, log_prob, base, local_means, fills=None, inverses=None,
+                 variances=None):
         self.log_prob = log_prob
-        self.filled = filled
-        self.conditional = conditional
+        self.base = base
+        self.local_means = local_means
+        self.fills = fills
+        self.inverses = inverses
+        self.variances = variances
 
 
 def component_views(rows, missing_mask, groups, params, shift):
-    """Per component, the marginal log density and filled rows of incomplete ``rows``.
+    """Marginal log densities and expected rows of incomplete ``rows``, all components at once.
 
     Parameters
     ----------
     rows : ndarray of shape (n, D)
-        NaN at the missing features.
+        NaN at the missing features, sorted by their number (see ``IncompleteRows``).
     missing_mask : ndarray of shape (n, D), bool
     groups : list of PatternGroup
     params : Params
@@ -135,108 +146,129 @@ def component_views(rows, missing_mask, groups, params, shift):
 
     Returns
     -------
-    list of ComponentView
-        One per component; ``log_prob`` includes the E-step's log weight.
+    MarginalTerms
     """
     cov_type = params.covariance_type
     n, n_features = rows.shape
+    n_components = len(params.means)
     observed = n_features - missing_mask.sum(axis=1)
     present = (~missing_mask).astype(np.float64)
-    log_mixing = params.log_mixing()
-    # observed entries minus the shift, missing ones 0: the base of every filled row
     base = np.where(missing_mask, 0.0, rows - shift)
-    views = []
-    tied_factors = {}  # tied: one factorisation per pattern group serves every component
-    for k, mean in enumerate(params.means):
-        local_mean = mean - shift
-        d = base - present * local_mean  # x - mean, missing entries 0
-        if cov_type in ("full", "tied"):
-            chol = params.prec_chol[k] if cov_type == "full" else params.prec_chol
-            precision = chol @ chol.T
-            g = d @ precision
-            quad = np.einsum("nd,nd->n", d, g)
-            log_det = np.full(n, 2 * np.log(np.diagonal(chol)).sum())
-            filled = base.copy()
-            g_flat, filled_flat = g.reshape(-1), filled.reshape(-1)
-            conditional = []
-            for index, group in enumerate(groups):
-                if index in tied_factors:
-                    inverse, log_det_mm = tied_factors[index]
-                else:
-                    blocks = _submatrices(precision, group.patterns)
-                    lower = np.linalg.cholesky(blocks)
-                    log_det_mm = 2 * np.log(np.diagonal(lower, axis1=1, axis2=2)).sum(axis=1)
-                    inverse = np.linalg.inv(blocks)
-                    if cov_type == "tied":
-                        tied_factors[index] = inverse, log_det_mm
-                g_m = g_flat[group.flat].reshape(group.missing.shape)
-                solved = np.einsum("nij,nj->ni", inverse[group.pattern_of_row], g_m)
-                quad[group.rows] -= np.einsum("ni,ni->n", g_m, solved)
-                log_det[group.rows] -= log_det_mm[group.pattern_of_row]
-                filled_flat[group.flat] = (local_mean[group.missing] - solved).reshape(-1)
-                conditional.append(inverse)
-            log_prob = -0.5 * quad + 0.5 * log_det
-        else:
-            precisions = params.prec_chol[k] ** 2
-            if cov_type == "spherical":
-                precisions = np.full(n_features, precisions)
-            quad = (d * d) @ precisions
-            log_prob = -0.5 * quad + 0.5 * (present @ np.log(precisions))
-            filled = base + (1.0 - present) * local_mean
-            conditional = 1.0 / precisions
-        log_prob += log_mixing[k] - 0.5 * observed * LOG_2PI
-        views.append(ComponentView(log_prob, filled, conditional))
-    return views
+    local_means = params.means - shift
+    constant = params.log_mixing()[None, :] - 0.5 * LOG_2PI * observed[:, None]
+    if cov_type in ("diag", "spherical"):
+        precisions = params.prec_chol**2
+        if cov_type == "spherical":
+            precisions = np.repeat(precisions[:, None], n_features, axis=1)
+        # sum over observed d of prec (x - mean)^2, expanded: no n x K x D temporary
+        quad = ((base * base) @ precisions.T - 2 * base @ (precisions * local_means).T
+                + present @ (precisions * local_means**2).T)
+        log_det = present @ np.log(precisions).T
+        return MarginalTerms(-0.5 * quad + 0.5 * log_det + constant, base, local_means,
+                             variances=1.0 / precisions)
+    chol = params.prec_chol if cov_type == "full" else np.broadcast_to(
+        params.prec_chol, (n_components, n_features, n_features))
+    precision = chol @ chol.transpose(0, 2, 1)  # (K, D, D)
+    # g_k = Lambda_k (x - mean_k) with missing entries of x - mean_k set to 0
+    # [base, present] @ [Lambda_k; -diag(mean_k) Lambda_k] for all k in one product
+    # (each n x K x D temporary costs more in fresh memory than in arithmetic)
+    factors = np.concatenate([precision, -local_means[:, :, None] * precision], axis=1)
+    g = (np.concatenate([base, present], axis=1)
+         @ factors.transpose(1, 0, 2).reshape(2 * n_features, -1)
+         ).reshape(n, n_components, n_features)
+    quad = (np.einsum("nd,nkd->nk", base, g)
+            - np.einsum("nd,kd,nkd->nk", present, local_means, g, optimize=False))
+    log_det = np.repeat(
+        2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)[None], n, axis=0)
+    fills, inverses = [], []
+    for group in groups:
+        blocks = precision[:, group.patterns[:, :, None], group.patterns[:, None, :]]
+        if cov_type == "tied":
+            blocks = blocks[:1]
+        lower = np.linalg.cholesky(blocks)
+        log_det_mm = 2 * np.log(np.diagonal(lower, axis1=2, axis2=3)).sum(axis=2)
+        inverse = np.linalg.inv(blocks)
+        if cov_type == "tied":
+            inverse = np.broadcast_to(inverse, (n_components,) + inverse.shape[1:])
+            log_det_mm = np.broadcast_to(log_det_mm, (n_components, log_det_mm.shape[1]))
+        g_m = np.take_along_axis(g[group.rows], group.missing[:, None, :], axis=2)
+        per_row = inverse[:, group.pattern_of_row]  # (K, n_q, q, q)
+        solved = (per_row @ g_m.transpose(1, 0, 2)[..., None])[..., 0].transpose(1, 0, 2)
+        quad[group.rows] -= np.einsum("nki,nki->nk", g_m, solved)
+        log_det[group.rows] -= log_det_mm[:, group.pattern_of_row].T
+        fills.append(local_means[:, group.missing].transpose(1, 0, 2) - solved)
+        inverses.append(inverse)
+    return MarginalTerms(-0.5 * quad + 0.5 * log_det + constant, base, local_means,
+                         fills=fills, inverses=inverses)
 
 
-def log_prob_matrix(views):
+def log_prob_matrix(terms):
     """``(n, K)`` weighted log densities from :func:`component_views`."""
-    return np.stack([view.log_prob for view in views], axis=1)
+    return terms.log_prob
 
 
-def accumulate_expected(stats, views, groups, missing_mask, resp_weighted):
+def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     """Add the expected complete-data statistics of incomplete rows into ``stats``.
+
+    The expected row of component ``k`` is ``base + F_k``, where ``F_k`` is
+    non-zero only at the missing features: the sums split into a part shared by
+    every component (one product for all of them, as for complete rows) and
+    parts as small as the number of missing features.
 
     Parameters
     ----------
     stats : SuffStats
-        About the views' shift; ``n``, ``rows`` and ``log_likelihood`` are the caller's.
-    views : list of ComponentView
+        About the terms' shift; ``n``, ``rows`` and ``log_likelihood`` are the caller's.
+    terms : MarginalTerms
     groups : list of PatternGroup
     missing_mask : ndarray of shape (n, D), bool
     resp_weighted : ndarray of shape (n, K)
         Responsibilities times sample weights.
     """
     cov_type = stats.covariance_type
-    n_features = missing_mask.shape[1]
-    upper = triu_indices(n_features)
-    for k, view in enumerate(views):
-        a = resp_weighted[:, k]
-        Y = view.filled
-        stats.nk[k] += a.sum()
-        stats.s1[k] += a @ Y
-        if stats.s2 is None:
-            continue
-        if cov_type in ("full", "tied"):
-            second = (Y * a[:, None]).T @ Y
-            for group, inverse in zip(groups, view.conditional):
-                mass = np.bincount(group.pattern_of_row, weights=a[group.rows],
-                                   minlength=len(group.patterns))
-                index = (group.patterns[:, :, None] * n_features
-                         + group.patterns[:, None, :])
-                second.reshape(-1)[:] += np.bincount(
-                    index.reshape(-1), weights=(mass[:, None, None] * inverse).reshape(-1),
-                    minlength=n_features * n_features)
-            if cov_type == "full":
-                stats.s2[k] += second[upper]
-            else:
-                stats.s2 += second
-        else:
-            extra = missing_mask * view.conditional
-            if cov_type == "diag":
-                stats.s2[k] += a @ (Y * Y + extra)
-            else:
-                stats.s2[k] += a @ (np.einsum("nd,nd->n", Y, Y) + extra.sum(axis=1))
+    a = resp_weighted
+    base = terms.base
+    n_components, n_features = terms.local_means.shape
+    absent = missing_mask.astype(np.float64)
+    stats.nk += a.sum(axis=0)
+    if terms.variances is not None:  # diag, spherical: missing entries at the means
+        stats.s1 += a.T @ base + (a.T @ absent) * terms.local_means
+        if stats.s2 is not None:
+            second = (a.T @ (base * base)
+                      + (a.T @ absent) * (terms.local_means**2 + terms.variances))
+            stats.s2 += second if cov_type == "diag" else second.sum(axis=1)
+        return
+    # every component's expected rows at once: base plus its fills at the missing features
+    n = base.shape[0]
+    expected = np.repeat(base[:, None, :], n_components, axis=1)  # (n, K, D)
+    flat = expected.reshape(n, -1)
+    for group, fill in zip(groups, terms.fills):
+        columns = (np.arange(n_components)[None, :, None] * n_features
+                   + group.missing[:, None, :]).reshape(len(fill), -1)
+        # a group's rows are a slice: this view writes into ``expected``
+        np.put_along_axis(flat[group.rows], columns, fill.reshape(len(fill), -1), axis=1)
+    weighted = expected * a[:, :, None]
+    stats.s1 += np.einsum("nkd->kd", weighted)
+    if stats.s2 is None:
+        return
+    # (K, D, n) @ (K, n, D): one batched product for every component
+    second = weighted.transpose(1, 2, 0) @ expected.transpose(1, 0, 2)
+    square = n_features * n_features
+    for group, inverse in zip(groups, terms.inverses):
+        mass = np.stack([np.bincount(group.pattern_of_row, weights=a[group.rows, k],
+                                     minlength=len(group.patterns))
+                         for k in range(n_components)])  # (K, P)
+        index = (np.arange(n_components)[:, None, None, None] * square
+                 + group.patterns[None, :, :, None] * n_features
+                 + group.patterns[None, :, None, :])
+        second += np.bincount(index.reshape(-1), minlength=n_components * square,
+                              weights=(mass[:, :, None, None] * inverse).reshape(-1)
+                              ).reshape(n_components, n_features, n_features)
+    if cov_type == "full":
+        rows_i, cols_i = triu_indices(n_features)
+        stats.s2 += second[:, rows_i, cols_i]
+    else:
+        stats.s2 += second.sum(axis=0)
 
 
 class IncompleteRows:
