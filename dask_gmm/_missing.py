@@ -33,6 +33,9 @@ import numpy as np
 from ._stats import triu_indices
 
 LOG_2PI = math.log(2 * math.pi)
+# Bound on q x q entries per component held for one pattern group (2 MiB of float64):
+# rows missing many features are factored in slices of at most this many entries.
+PATTERN_FLOATS = 2**18
 
 
 class PatternGroup:
@@ -88,11 +91,16 @@ def pattern_groups(missing_mask):
     n_features = missing_mask.shape[1]
     bounds = np.flatnonzero(np.diff(counts)) + 1
     groups = []
-    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(counts)]):
-        q = int(counts[start])
-        # each row's missing features, in increasing order
-        missing = np.nonzero(missing_mask[start:stop])[1].reshape(stop - start, q)
-        groups.append(PatternGroup(slice(int(start), int(stop)), missing, n_features))
+    for first, end in zip(np.r_[0, bounds], np.r_[bounds, len(counts)]):
+        q = int(counts[first])
+        # a group's per-row and per-pattern q x q matrices stay under
+        # PATTERN_FLOATS per component, however many distinct patterns there are
+        step = max(1, PATTERN_FLOATS // (q * q))
+        for start in range(int(first), int(end), step):
+            stop = min(start + step, int(end))
+            # each row's missing features, in increasing order
+            missing = np.nonzero(missing_mask[start:stop])[1].reshape(stop - start, q)
+            groups.append(PatternGroup(slice(start, stop), missing, n_features))
     return groups
 
 

@@ -84,8 +84,8 @@ def holes(X, share, seed=0):
 
 def start_for(X, covariance_type, n_components=3, seed=1):
     rng = np.random.RandomState(seed)
-    complete = X[~np.isnan(X).any(axis=1)]
-    means = complete[rng.choice(len(complete), n_components, replace=False)]
+    filled = np.where(np.isnan(X), np.nanmean(X, axis=0), X)
+    means = filled[rng.choice(len(filled), n_components, replace=False)]
     n_features = X.shape[1]
     covariances = {"full": np.tile(np.eye(n_features) * 2.0, (n_components, 1, 1)),
                    "tied": np.eye(n_features) * 2.0,
@@ -195,3 +195,22 @@ def test_sweep_scores_observed_data_and_the_bayesian_mixture_refuses():
     with pytest.raises(InvalidParameterError, match="'nan_policy' parameter of "
                                                     "BayesianGaussianMixture"):
         BayesianGaussianMixture(nan_policy="marginalize").fit(Xm)
+
+
+def test_many_distinct_patterns_in_bounded_slices(monkeypatch):
+    """Half the values missing at D=10: nearly every row its own pattern, factored in
+    slices (a small bound forces many) with the same result as the dense reference."""
+    from dask_gmm import _missing
+
+    monkeypatch.setattr(_missing, "PATTERN_FLOATS", 40)
+    X, _ = blobs(150, n_features=10)
+    X = holes(X, 0.5, seed=3)
+    groups = _missing.pattern_groups(np.isnan(X[np.isnan(X).any(axis=1)
+                                                & ~np.isnan(X).all(axis=1)]))
+    assert all(g.missing.shape[0] * g.missing.shape[1] ** 2 <= max(40, g.missing.shape[1] ** 2)
+               for g in groups)
+    weights, means, covariances, init = start_for(X, "full", seed=2)
+    reference = dense_em(X, np.ones(len(X)), weights, means, covariances, "full", n_iter=3)
+    ours = GaussianMixture(3, max_iter=3, tol=0, nan_policy="marginalize", **init).fit(X)
+    np.testing.assert_allclose(ours.means_, reference[1], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ours.lower_bounds_, reference[3], rtol=1e-9)
