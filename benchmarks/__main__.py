@@ -10,8 +10,8 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["em_iteration", "bayesian", "sweep", "out_of_core", "cube", "cluster",
-              "spark"]
+BENCHMARKS = ["em_iteration", "bayesian", "missing", "sweep", "out_of_core", "cube",
+              "cluster", "spark"]
 
 
 def main():

@@ -281,8 +281,9 @@ def check_kept_rows(n_kept, n_components, n_samples, where=""):
     if n_kept < n_components:
         raise ValueError(
             f"Expected n_samples >= n_components but got n_components = {n_components}, "
-            f"n_samples = {n_kept}: nan_policy='omit' left {n_kept} of {n_samples} "
-            f"samples{where} (the others hold NaN)."
+            f"n_samples = {n_kept}: only {n_kept} of {n_samples} samples{where} are "
+            "free of NaN (nan_policy='omit' fits on those alone; 'marginalize' starts "
+            "from them)."
         )
 
 

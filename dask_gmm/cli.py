@@ -77,7 +77,7 @@ def open_data(path, dataset, settings, variables=(), feature_dim=None, nan_polic
     from .io import open_array
 
     X = open_array(path, dataset=dataset, chunks=settings.chunk_rows,
-                   missing_chunks="nan" if nan_policy == "omit" else "error")
+                   missing_chunks="nan" if nan_policy != "raise" else "error")
     logger.info("data: %s rows x %s features in %s chunks", *X.shape, X.numblocks[0])
     return X
 
