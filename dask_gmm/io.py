@@ -145,10 +145,28 @@ def _is_url(source):
 def _exists(source, storage_options):
     if not _is_url(source):
         return os.path.exists(source)
+    fs, path = url_filesystem(source, storage_options)
+    return fs.exists(path)
+
+
+def url_filesystem(source, storage_options=None):
+    """``fsspec``'s filesystem and path for a URL; a missing backend names the extra.
+
+    Raises
+    ------
+    ImportError
+        The protocol's fsspec backend (s3fs, gcsfs, aiohttp) is not installed.
+    """
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(str(source), **(storage_options or {}))
-    return fs.exists(path)
+    try:
+        return fsspec.core.url_to_fs(str(source), **(storage_options or {}))
+    except ImportError as error:
+        protocol = str(source).split("://", 1)[0]
+        raise ImportError(
+            f"Reading '{source}' needs fsspec's {protocol}:// backend ({error}). "
+            "Install it with: pip install 'dask-gmm[cloud]' (s3fs, gcsfs and aiohttp)."
+        ) from None
 
 
 def _split_hdf5(source, dataset):

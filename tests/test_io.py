@@ -140,3 +140,13 @@ def test_2d_xarray_dataarray_fits_like_its_values(X, tmp_path):
     cube = xr.DataArray(X.reshape(10, -1, 3), dims=("y", "x", "band"))
     with pytest.raises(ValueError, match=r"dims \('y', 'x', 'band'\).*feature_dim"):
         GaussianMixture(3).fit(cube)
+
+
+@pytest.mark.parametrize("url, package", [("s3://bucket/data.zarr", "s3fs"),
+                                          ("gs://bucket/data.zarr", "gcsfs")])
+def test_missing_object_storage_backend_names_the_extra(monkeypatch, url, package):
+    import sys
+
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'dask-gmm\[cloud\]'"):
+        open_array(url)
