@@ -89,8 +89,10 @@ def pattern_groups(missing_mask):
     """
     counts = missing_mask.sum(axis=1)
     n_features = missing_mask.shape[1]
-    bounds = np.flatnonzero(np.diff(counts)) + 1
     groups = []
+    if len(counts) == 0:
+        return groups
+    bounds = np.flatnonzero(np.diff(counts)) + 1
     for first, end in zip(np.r_[0, bounds], np.r_[bounds, len(counts)]):
         q = int(counts[first])
         # a group's per-row and per-pattern q x q matrices stay under

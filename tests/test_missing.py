@@ -214,3 +214,19 @@ def test_many_distinct_patterns_in_bounded_slices(monkeypatch):
     ours = GaussianMixture(3, max_iter=3, tol=0, nan_policy="marginalize", **init).fit(X)
     np.testing.assert_allclose(ours.means_, reference[1], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(ours.lower_bounds_, reference[3], rtol=1e-9)
+
+
+def test_rows_missing_every_feature_are_left_out():
+    """Blocks whose only NaN rows miss everything (a masked region) and blocks mixing both."""
+    X, _ = blobs(600)
+    masked = X.copy()
+    masked[:50] = np.nan  # no partially observed row at all in the first chunk
+    start = dict(random_state=0, max_iter=5, tol=0)
+    ours = GaussianMixture(3, nan_policy="marginalize", **start).fit(as_dask(masked, 100))
+    omitted = GaussianMixture(3, nan_policy="omit", **start).fit(as_dask(masked, 100))
+    np.testing.assert_allclose(ours.means_, omitted.means_, rtol=1e-10)
+    labels = np.asarray(ours.predict(masked))
+    assert (labels[:50] == -1).all() and (labels[50:] >= 0).all()
+    masked[60:70, 1] = np.nan
+    mixed = GaussianMixture(3, nan_policy="marginalize", **start).fit(as_dask(masked, 100))
+    assert (np.asarray(mixed.predict(masked))[60:70] >= 0).all()
