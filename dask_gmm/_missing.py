@@ -241,6 +241,16 @@ def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     n_components, n_features = terms.local_means.shape
     absent = missing_mask.astype(np.float64)
     stats.nk += a.sum(axis=0)
+    shift = stats.shift
+    imputed = stats.imputed if stats.imputed is not None else np.zeros(n_features)
+    if terms.variances is not None:
+        imputed += ((a.T @ absent) * (terms.local_means + shift)).sum(axis=0)
+    else:
+        for group, fill in zip(groups, terms.fills):
+            weighted_fill = a[group.rows][:, :, None] * (fill + shift[group.missing][:, None, :])
+            imputed += np.bincount(group.missing.reshape(-1), minlength=n_features,
+                                   weights=weighted_fill.sum(axis=1).reshape(-1))
+    stats.imputed = imputed
     if terms.variances is not None:  # diag, spherical: missing entries at the means
         stats.s1 += a.T @ base + (a.T @ absent) * terms.local_means
         if stats.s2 is not None:

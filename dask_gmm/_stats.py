@@ -63,6 +63,10 @@ class SuffStats:
     covariance_type : str
     rows : int
         Rows counted, weighted or not (masked rows are not counted).
+    imputed : ndarray of shape (D,) or None
+        Under ``nan_policy='marginalize'``: the part of ``s1`` (in absolute
+        coordinates) that filled-in missing values contribute, so that
+        :func:`pass_sums` can give the sums of the observed data alone.
     """
 
     n: float
@@ -73,6 +77,7 @@ class SuffStats:
     shift: np.ndarray
     covariance_type: str = "full"
     rows: int = 0
+    imputed: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------
@@ -235,6 +240,7 @@ def translate_stats(stats, new_shift):
         shift=np.asarray(new_shift, dtype=np.float64),
         covariance_type=stats.covariance_type,
         rows=stats.rows,
+        imputed=stats.imputed,
     )
 
 
@@ -271,7 +277,13 @@ def combine_stats(*parts):
         shift=shift,
         covariance_type=first.covariance_type,
         rows=sum(p.rows for p in parts),
+        imputed=_sum_or_none([p.imputed for p in parts]),
     )
+
+
+def _sum_or_none(arrays):
+    present = [a for a in arrays if a is not None]
+    return np.sum(present, axis=0) if present else None
 
 
 def combine_stat_lists(*lists):
@@ -280,5 +292,12 @@ def combine_stat_lists(*lists):
 
 
 def pass_sums(stats):
-    """``(sum of weight * x, sum of weight)`` from a pass's statistics."""
-    return stats.s1.sum(axis=0) + stats.n * stats.shift, stats.n
+    """``(sum of weight * x, sum of weight)`` from a pass's statistics.
+
+    Missing values (marginalised) count as 0, so the sums depend on the data
+    alone, not on the parameters that filled them in.
+    """
+    total = stats.s1.sum(axis=0) + stats.n * stats.shift
+    if stats.imputed is not None:
+        total = total - stats.imputed
+    return total, stats.n

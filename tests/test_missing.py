@@ -230,3 +230,23 @@ def test_rows_missing_every_feature_are_left_out():
     masked[60:70, 1] = np.nan
     mixed = GaussianMixture(3, nan_policy="marginalize", **start).fit(as_dask(masked, 100))
     assert (np.asarray(mixed.predict(masked))[60:70] >= 0).all()
+
+
+def test_checkpoint_resumes_a_marginalised_fit(tmp_path):
+    """The checkpoint's data check sums observed values only (filled ones move each pass)."""
+    X, _ = blobs(600)
+    Xm = holes(X, 0.2)
+    settings = dict(random_state=0, nan_policy="marginalize", tol=0)
+    path = tmp_path / "fit.ckpt"
+    GaussianMixture(3, max_iter=3, **settings).fit(as_dask(Xm, 100), checkpoint=path)
+    resumed = GaussianMixture(3, max_iter=7, **settings).fit(as_dask(Xm, 100),
+                                                            checkpoint=path)
+    whole = GaussianMixture(3, max_iter=7, **settings).fit(as_dask(Xm, 100))
+    np.testing.assert_allclose(resumed.means_, whole.means_, rtol=1e-10)
+    other = Xm.copy()
+    row, col = np.argwhere(~np.isnan(other))[300]
+    other[row, col] += 1.0  # one observed value changed
+    from dask_gmm.checkpoint import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError):
+        GaussianMixture(3, max_iter=9, **settings).fit(as_dask(other, 100), checkpoint=path)
