@@ -506,12 +506,12 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="rais
         at = np.arange(start, start + len(complete)) if kept is None else start + kept
         _store_log_resp(wlp, at, log_resp, log_norm)
         if nan_policy == "marginalize" and kept is not None:
-            from ._missing import IncompleteRows, component_views, log_prob_matrix
+            from ._missing import IncompleteRows, marginal_terms
 
             incomplete = IncompleteRows.from_block(rows, None, kept)
             if incomplete.n:
-                wlp = log_prob_matrix(component_views(incomplete.rows, incomplete.missing,
-                                                      incomplete.groups, params, shift))
+                wlp = marginal_terms(incomplete.rows, incomplete.missing,
+                                     incomplete.groups, params, shift).log_prob.copy()
                 _store_log_resp(wlp, start + incomplete.positions, log_resp, log_norm)
     return log_resp, log_norm
 

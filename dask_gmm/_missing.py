@@ -15,10 +15,12 @@ precision ``Λ = U Uᵀ`` (no covariance is inverted):
 Only ``Λ_mm`` (as small as the number of missing features) is factored, once
 per missingness pattern and component. Rows are grouped by how many features
 they miss, and each group's patterns are factored together (batched numpy),
-so the Python work per block is O(K x distinct counts of missing features),
-whatever the number of patterns; the arithmetic is O(rows x K x D²) plus
-O(patterns x K x q³). Diagonal and spherical covariances need no pattern at
-all (the conditional mean of a missing feature is the component mean).
+and every component is handled in the same numpy calls: the Python work per
+block grows with the distinct counts of missing features, not with the
+patterns or the components; the arithmetic is O(rows x K x D²) plus
+O(patterns x K x q³), and pattern slices are bounded (``PATTERN_FLOATS``).
+Diagonal and spherical covariances need no pattern at all (the conditional
+mean of a missing feature is the component mean).
 
 The statistics keep their layout (``_stats``), so combine, checkpoints and
 the M-step are those of complete data.
@@ -142,7 +144,7 @@ class MarginalTerms:
         self.variances = variances
 
 
-def component_views(rows, missing_mask, groups, params, shift):
+def marginal_terms(rows, missing_mask, groups, params, shift):
     """Marginal log densities and expected rows of incomplete ``rows``, all components at once.
 
     Parameters
@@ -212,11 +214,6 @@ def component_views(rows, missing_mask, groups, params, shift):
                          fills=fills, inverses=inverses)
 
 
-def log_prob_matrix(terms):
-    """``(n, K)`` weighted log densities from :func:`component_views`."""
-    return terms.log_prob
-
-
 def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     """Add the expected complete-data statistics of incomplete rows into ``stats``.
 
@@ -230,6 +227,7 @@ def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     stats : SuffStats
         About the terms' shift; ``n``, ``rows`` and ``log_likelihood`` are the caller's.
     terms : MarginalTerms
+        From :func:`marginal_terms`.
     groups : list of PatternGroup
     missing_mask : ndarray of shape (n, D), bool
     resp_weighted : ndarray of shape (n, K)

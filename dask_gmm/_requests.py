@@ -44,8 +44,7 @@ from ._estep import (
 from ._missing import (
     IncompleteRows,
     accumulate_expected,
-    component_views,
-    log_prob_matrix,
+    marginal_terms,
 )
 from ._stats import accumulate, empty_stats
 
@@ -172,11 +171,11 @@ class EStep(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """Observed-data densities and expected complete-data sums (see ``_missing``)."""
-        views = component_views(incomplete.rows, incomplete.missing, incomplete.groups,
-                                self.params, stats.shift)
+        terms = marginal_terms(incomplete.rows, incomplete.missing, incomplete.groups,
+                               self.params, stats.shift)
         with np.errstate(invalid="ignore", over="ignore"):
-            R, log_norm = responsibilities(log_prob_matrix(views))
-        accumulate_expected(stats, views, incomplete.groups, incomplete.missing,
+            R, log_norm = responsibilities(terms.log_prob)
+        accumulate_expected(stats, terms, incomplete.groups, incomplete.missing,
                             incomplete.weighted(R))
         stats.n += incomplete.total_weight()
         stats.rows += incomplete.n
@@ -271,10 +270,10 @@ class LogLikelihood(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """The observed-data log-likelihood of rows missing some features."""
-        views = component_views(incomplete.rows, incomplete.missing, incomplete.groups,
-                                self.params, stats.shift)
+        terms = marginal_terms(incomplete.rows, incomplete.missing, incomplete.groups,
+                               self.params, stats.shift)
         with np.errstate(invalid="ignore", over="ignore"):
-            _, log_norm = responsibilities(log_prob_matrix(views))
+            _, log_norm = responsibilities(terms.log_prob)
         stats.n += incomplete.total_weight()
         stats.rows += incomplete.n
         return weighted_sum(log_norm, incomplete.w)
