@@ -171,14 +171,9 @@ class EStep(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """Observed-data densities and expected complete-data sums (see ``_missing``)."""
-        terms = marginal_terms(incomplete.rows, incomplete.missing, incomplete.groups,
-                               self.params, stats.shift)
-        with np.errstate(invalid="ignore", over="ignore"):
-            R, log_norm = responsibilities(terms.log_prob)
+        terms, R, log_norm = _marginal_pass(incomplete, self.params, stats)
         accumulate_expected(stats, terms, incomplete.groups, incomplete.missing,
                             incomplete.weighted(R))
-        stats.n += incomplete.total_weight()
-        stats.rows += incomplete.n
         return weighted_sum(log_norm, incomplete.w)
 
 
@@ -270,13 +265,27 @@ class LogLikelihood(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """The observed-data log-likelihood of rows missing some features."""
-        terms = marginal_terms(incomplete.rows, incomplete.missing, incomplete.groups,
-                               self.params, stats.shift)
-        with np.errstate(invalid="ignore", over="ignore"):
-            _, log_norm = responsibilities(terms.log_prob)
-        stats.n += incomplete.total_weight()
-        stats.rows += incomplete.n
+        _, _, log_norm = _marginal_pass(incomplete, self.params, stats)
         return weighted_sum(log_norm, incomplete.w)
+
+
+def _marginal_pass(incomplete, params, stats):
+    """Rows missing some features under ``params``: counted into ``stats``, scored.
+
+    Returns
+    -------
+    terms : MarginalTerms
+    resp : ndarray of shape (n, K)
+    log_norm : ndarray of shape (n,)
+        The observed-data log-likelihood of each row.
+    """
+    terms = marginal_terms(incomplete.rows, incomplete.missing, incomplete.groups,
+                           params, stats.shift)
+    with np.errstate(invalid="ignore", over="ignore"):
+        resp, log_norm = responsibilities(terms.log_prob)
+    stats.n += incomplete.total_weight()
+    stats.rows += incomplete.n
+    return terms, resp, log_norm
 
 
 def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
