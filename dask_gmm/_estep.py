@@ -142,11 +142,6 @@ def check_rows(rows, block_start=0, where="", place=None, kept=None):
         )
 
 
-def nan_rows(rows):
-    """Rows holding a NaN in any feature, shape ``(n,)`` bool."""
-    return np.isnan(rows).any(axis=1)
-
-
 def screen_rows(rows, w, omit_nan, block_start=0, place=None, row_numbers=None):
     """Check a block's rows; under ``omit_nan`` take out the rows holding NaN.
 

@@ -6,6 +6,8 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 CRITERIA = ("bic", "aic")
 NAN_POLICIES = ("raise", "omit", "marginalize")
+# A component of a Bayesian mixture holding less of the weight than this is not in use.
+EFFECTIVE_WEIGHT = 0.01
 # One entry per candidate in GaussianMixtureSweep.results_ (and in saved sweeps,
 # and in the command line's CSV), besides the ``params`` dicts.
 RESULT_COLUMNS = ("n_components", "covariance_type", "bic", "aic", "lower_bound",

@@ -7,8 +7,7 @@ import functools
 import click
 import numpy as np
 
-# A component holding less of the weight than this is not counted as used.
-EFFECTIVE_WEIGHT = 0.01
+from ._options import EFFECTIVE_WEIGHT
 
 
 def print_model(model, stream=None):
@@ -17,7 +16,7 @@ def print_model(model, stream=None):
     n_components, n_features = model.means_.shape
     bayesian = type(model).__name__ == "BayesianGaussianMixture"
     if bayesian:
-        used = int(np.sum(model.weights_ >= EFFECTIVE_WEIGHT))
+        used = model.n_effective_components_
         echo(f"BayesianGaussianMixture: {used} effective components of {n_components} "
              f"(weight >= {EFFECTIVE_WEIGHT:g}), covariance_type={model.covariance_type!r}, "
              f"{model.weight_concentration_prior_type} prior "

@@ -21,6 +21,7 @@ from sklearn.utils import check_array
 from ._base import BaseMixture
 from ._init import initial_estimate
 from ._mstep import gaussian_estimate, precisions_from_cholesky
+from ._options import EFFECTIVE_WEIGHT
 from ._plots import pyplot
 from ._requests import EStep, Moments
 from ._validation import (
@@ -304,7 +305,7 @@ class BayesianGaussianMixture(BaseMixture):
     @property
     def n_effective_components_(self):
         """Components holding at least 1% of the weight (a summary of ``weights_``)."""
-        return int(np.sum(np.asarray(self.weights_) >= 0.01))
+        return int(np.sum(np.asarray(self.weights_) >= EFFECTIVE_WEIGHT))
 
 
 def plot_weights(model, path, title=None):
@@ -328,7 +329,8 @@ def plot_weights(model, path, title=None):
     weights = np.sort(np.asarray(model.weights_, dtype=float))[::-1]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(np.arange(1, len(weights) + 1), weights, color="tab:blue")
-    ax.axhline(0.01, color="grey", linewidth=0.8, linestyle="--", label="1% of the weight")
+    ax.axhline(EFFECTIVE_WEIGHT, color="grey", linewidth=0.8, linestyle="--",
+               label=f"{EFFECTIVE_WEIGHT:.0%} of the weight")
     ax.set_xlabel("component (heaviest first)")
     ax.set_ylabel("weight")
     ax.set_xticks(np.arange(1, len(weights) + 1))

@@ -23,9 +23,6 @@ from .bayesian_mixture import BayesianGaussianMixture
 from .persistence import register
 from .sweep import MAX_CANDIDATES, GaussianMixtureSweep, _as_list
 
-# A component holding less than this share of the weight is not counted as used.
-EFFECTIVE_WEIGHT = 0.01
-
 
 @register
 class BayesianGaussianMixtureSweep(GaussianMixtureSweep):
@@ -164,7 +161,7 @@ class BayesianGaussianMixtureSweep(GaussianMixtureSweep):
                 failures.append(f"{results['params'][i]}: {results['error'][i]}")
                 continue
             results["lower_bound"][i] = candidate.lower_bound_
-            results["n_effective"][i] = int(np.sum(candidate.weights_ >= EFFECTIVE_WEIGHT))
+            results["n_effective"][i] = candidate.n_effective_components_
             results["n_iter"][i] = candidate.n_iter_
             results["converged"][i] = candidate.converged_
         if len(failures) == n:
