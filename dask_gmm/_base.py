@@ -388,18 +388,18 @@ class BaseMixture(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         X, lazy, layout = check_X(self, X, reset=False)
         params = self._current_params()
-        omit = self.nan_policy
+        policy = self.nan_policy
         if not lazy:
-            out = block_fn(X, params, omit)
+            out = block_fn(X, params, policy)
             if layout is not None:
                 out = out.reshape(layout.shape + out.shape[1:])
         else:
             X = join_features(X)
             if extra_dim is None:
-                out = X.map_blocks(block_fn, params, omit, drop_axis=X.ndim - 1,
+                out = X.map_blocks(block_fn, params, policy, drop_axis=X.ndim - 1,
                                    dtype=dtype_out)
             else:
-                out = X.map_blocks(block_fn, params, omit,
+                out = X.map_blocks(block_fn, params, policy,
                                    chunks=X.chunks[:-1] + ((extra_dim,),), dtype=dtype_out)
         if layout is not None:
             return layout.wrap(out, name, "component" if extra_dim is not None else None)
@@ -408,7 +408,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def predict(self, X):
         """Most likely component of each sample.
 
-        With ``nan_policy='omit'``, samples holding NaN get -1.
+        Samples left out by ``nan_policy`` (any NaN under 'omit', every feature
+        missing under 'marginalize') get -1.
 
         Returns
         -------
@@ -420,7 +421,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def predict_proba(self, X):
         """Posterior probability of each component for each sample.
 
-        With ``nan_policy='omit'``, samples holding NaN get NaN.
+        Samples left out by ``nan_policy`` get NaN.
 
         Returns
         -------
@@ -429,8 +430,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         """
         dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
 
-        def block_fn(block, params, omit, block_info=None):
-            return predict_proba_block(block, params, block.dtype, omit, block_info)
+        def block_fn(block, params, policy, block_info=None):
+            return predict_proba_block(block, params, block.dtype, policy, block_info)
 
         return self._rowwise(X, block_fn, dtype, "proba",
                              extra_dim=self._n_components_fitted())
@@ -438,15 +439,15 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def score_samples(self, X):
         """Log-likelihood of each sample under the model.
 
-        With ``nan_policy='omit'``, samples holding NaN get NaN.
+        Samples left out by ``nan_policy`` get NaN.
 
         Returns
         -------
         log_prob : ndarray, dask array or DataArray of shape (n_samples,)
         """
 
-        def block_fn(block, params, omit, block_info=None):
-            return score_samples_block(block, params, block.dtype, omit, block_info)
+        def block_fn(block, params, policy, block_info=None):
+            return score_samples_block(block, params, block.dtype, policy, block_info)
 
         dtype = self.means_.dtype if hasattr(self, "means_") else np.float64
         return self._rowwise(X, block_fn, dtype, "score_samples")

@@ -191,7 +191,8 @@ def check_sample_weight(sample_weight, X, lazy, layout=None):
     """Validate per-row weights: one per sample, finite and non-negative.
 
     Weights may also come shaped like the samples of an N-D input (or as a
-    DataArray over its sample dims); they are returned flat, in C order.
+    DataArray over its sample dims); they come back flat, in C order, except a
+    dask array on the grid of a dask input, which stays on it.
 
     Weights whose mean is below 2**-10 or above 2**10 come back scaled by a power
     of two to a mean near 1 (the fit does not depend on their scale).

@@ -173,7 +173,7 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     if not lazy:
         raise TypeError("write_predictions takes a dask array (see dask_gmm.open_array).")
     X, chunk_rows = _aligned(join_features(X), chunk_rows)
-    omit = model.nan_policy
+    policy = model.nan_policy
     row_chunks = X.chunks[0]
     params = model._current_params()
     dtype = model.means_.dtype
@@ -185,12 +185,12 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
         if fmt == "zarr":
             _create_zarr(temporary, shapes, chunk_rows, source)
             task = dask.delayed(_write_zarr_chunk, pure=False)
-            tasks = [task(b, params, names, dtype, temporary, int(s), i, omit)
+            tasks = [task(b, params, names, dtype, temporary, int(s), i, policy)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
             run_chunk_tasks(tasks, lambda i, rows: progress and progress(rows), client)
         else:
             task = dask.delayed(predict_chunk, pure=False)
-            tasks = [task(b, params, names, dtype, int(s), i, omit)
+            tasks = [task(b, params, names, dtype, int(s), i, policy)
                      for i, (b, s) in enumerate(zip(blocks, starts))]
             with _create_hdf5(temporary, shapes, chunk_rows, source) as handle:
 
