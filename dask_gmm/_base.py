@@ -32,6 +32,7 @@ from ._engine import (
     run_together,
     score_samples_block,
 )
+from ._memory import rows_for_fit
 from ._mstep import Params
 from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
 from ._requests import TakeRows
@@ -98,16 +99,38 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
         X, lazy, layout = check_X(estimator, X, reset=True, ensure_min_samples=2,
                                   feature_dim=feature_dim)
         data = prepare_rows(X, lazy, sample_weight, layout, estimator.nan_policy)
-        client = active_client()
-        if client is not None and dask.config.get("scheduler", None) is None:
+        client = cluster_client()
+        if client is not None:
             check_chunks_fit_workers(data.array, client)
-        steps = estimator._fit_steps(data, X.dtype, checkpoint=checkpoint)
-        (outcome,) = run_together(data, [steps], on_round=on_round, isolate=())
+        with rows_for_fit(data, client) as rows:
+            steps = estimator._fit_steps(rows, X.dtype, checkpoint=checkpoint)
+            (outcome,) = run_together(rows, [steps], on_round=on_round, isolate=())
+            record_reads(estimator, rows)
     except BaseException:
         estimator.__dict__.clear()
         estimator.__dict__.update(snapshot)
         raise
     return outcome
+
+
+def cluster_client():
+    """The ``distributed.Client`` a fit computes on, or None for dask's local schedulers."""
+    client = active_client()
+    if client is not None and dask.config.get("scheduler", None) is None:
+        return client
+    return None
+
+
+def record_reads(estimator, rows):
+    """Set ``n_passes_``, ``bytes_read_`` and ``persisted_`` from what a fit read."""
+    estimator.n_passes_ = rows.n_passes
+    estimator.bytes_read_ = int(rows.bytes_read)
+    estimator.persisted_ = bool(rows.persisted)
+    read = ("the data were in memory" if rows.in_memory and not rows.persisted else
+            f"{rows.bytes_read / 2**20:.1f} MiB read from storage"
+            + (" (persisted at the first)" if rows.persisted else ""))
+    logger.info("%s: %d passes over the data, %s", type(estimator).__name__,
+                rows.n_passes, read)
 
 
 class BaseMixture(DensityMixin, BaseEstimator):

@@ -213,6 +213,11 @@ def em_options(command):
                           "labels them -1); 'marginalize' treats NaN as missing values "
                           "and fits on each row's observed features; 'raise' refuses "
                           "them."),
+        click.option("--persist", type=click.Choice(["auto", "always", "never"]),
+                     default="auto", show_default=True,
+                     help="Keep the data in memory (the cluster's, or this machine's) "
+                          "after the first read: 'auto' does when they take at most half "
+                          "of the free memory; 'never' reads storage on every pass."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -271,14 +276,20 @@ def plural(count, word):
 
 
 @contextlib.contextmanager
-def scheduler_context(settings, X=None):
+def scheduler_context(settings, X=None, persist=None):
     """Run the body on the chosen scheduler; a local cluster is closed afterwards.
 
     Yields the ``distributed.Client`` (None on dask's threads). With ``X``, a
     chunk too large for the workers' memory limit is refused at once.
+    ``persist`` ('auto', 'always', 'never') sets ``dask_gmm.persist`` meanwhile.
     """
     import dask
 
+    if persist is not None:
+        with dask.config.set({"dask_gmm.persist": persist}), \
+                scheduler_context(settings, X) as client:
+            yield client
+        return
     choice = settings.scheduler
     if settings.dashboard and choice != "local":
         raise click.UsageError("--dashboard serves the local cluster's dashboard: use it "

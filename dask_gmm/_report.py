@@ -29,6 +29,10 @@ def print_model(model, stream=None):
         bound = "lower bound (mean log-likelihood)"
     echo(f"  converged: {model.converged_}, EM iterations: {model.n_iter_}, "
          f"{bound}: {model.lower_bound_:.6f}")
+    if hasattr(model, "n_passes_"):  # just fitted (a loaded model does not keep it)
+        echo(f"  reads: {model.n_passes_} passes over the data, "
+             f"{model.bytes_read_ / 2**20:.1f} MiB from storage"
+             + (" (kept in memory after the first read)" if model.persisted_ else ""))
     if getattr(model, "feature_dim_", None) or model.nan_policy != "raise":
         names = getattr(model, "feature_names_in_", None)
         echo(f"  features: dim {model.feature_dim_!r}"

@@ -193,8 +193,8 @@ def generate(settings, out, n_samples, n_features, n_components, covariance_type
 @bayesian_options
 @command_options()
 def fit(settings, data, n_components, covariance_type, init_params, n_init, max_iter, tol,
-        reg_covar, seed, nan_policy, dataset, variables, feature_dim, out, overwrite,
-        checkpoint, bayesian, weight_priors, weight_concentration_prior_type):
+        reg_covar, seed, nan_policy, persist, dataset, variables, feature_dim, out,
+        overwrite, checkpoint, bayesian, weight_priors, weight_concentration_prior_type):
     """Fit one mixture to DATA and save it to --out."""
     from ._base import fit_estimator
     from .gaussian_mixture import GaussianMixture
@@ -219,7 +219,7 @@ def fit(settings, data, n_components, covariance_type, init_params, n_init, max_
         raise click.UsageError("--weight-concentration-prior goes with --bayesian.")
     else:
         model = GaussianMixture(**common)
-    with scheduler_context(settings, X):
+    with scheduler_context(settings, X, persist):
         start = time.perf_counter()
         with progress_bar(settings.progress, "fit", "pass") as bar:
             on_round = None if bar is None else (lambda running: bar.update(1))
@@ -263,8 +263,8 @@ def check_checkpoint(checkpoint, data, outputs):
 @bayesian_options
 @command_options()
 def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, max_iter,
-          tol, reg_covar, seed, nan_policy, dataset, variables, feature_dim, plot, results,
-          out, overwrite, checkpoint, bayesian, weight_priors,
+          tol, reg_covar, seed, nan_policy, persist, dataset, variables, feature_dim, plot,
+          results, out, overwrite, checkpoint, bayesian, weight_priors,
           weight_concentration_prior_type):
     """Fit every K x covariance type candidate on DATA together; report the best."""
     from .sweep import GaussianMixtureSweep
@@ -295,7 +295,7 @@ def sweep(settings, data, ks, covariance_types, criterion, init_params, n_init, 
     else:
         model = GaussianMixtureSweep(ks, types, criterion, **common)
     model._check_grid(sample_count(X, feature_dim))
-    with scheduler_context(settings, X):
+    with scheduler_context(settings, X, persist):
         start = time.perf_counter()
         model.fit(X, checkpoint=checkpoint, feature_dim=feature_dim)
         elapsed = time.perf_counter() - start

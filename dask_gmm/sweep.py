@@ -20,9 +20,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import prepare_rows
+from ._base import cluster_client, prepare_rows, record_reads
 from ._engine import compute_round, run_together
 from ._estep import NonFiniteInputError
+from ._memory import rows_for_fit
 from ._options import COVARIANCE_TYPES, CRITERIA, RESULT_COLUMNS
 from ._plots import pyplot
 from ._progress import progress_bar
@@ -236,7 +237,8 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 finished_at[i] = time.perf_counter() - start
                 n_finished += 1
 
-        with progress_bar(self.progress, "sweep", "pass") as bar:
+        with rows_for_fit(data, cluster_client()) as data, \
+                progress_bar(self.progress, "sweep", "pass") as bar:
 
             def on_round(running):
                 nonlocal n_rounds
@@ -265,6 +267,7 @@ class GaussianMixtureSweep(DensityMixin, BaseEstimator):
                 scores = self._final_log_likelihoods(data, [candidates[i] for i in fitted])
                 if bar is not None:
                     bar.update(1)
+            record_reads(self, data)
         n_rounds += 1 if final_pass else 0
         self._record(candidates, outcomes, dict(zip(fitted, scores)), finished_at, n_passes)
         self.n_rounds_ = n_rounds

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -122,11 +123,14 @@ def _kill_one_worker_after(client, rounds_seen, n_rounds, killed, timeout=120):
     killed.append(pid)
 
 
-def test_a_killed_worker_does_not_change_a_fit(scheduler_file, zarr_data):
+@pytest.mark.parametrize("persist", ["always", "never"])
+def test_a_killed_worker_does_not_change_a_fit(scheduler_file, zarr_data, persist):
+    """Streamed, or persisted (the lost worker's chunks are read from storage again)."""
     path, _ = zarr_data
     undisturbed = model(n_components=5).fit(da.from_zarr(str(path)))
     rounds, killed = [], []
-    with Client(scheduler_file=scheduler_file) as client:
+    with Client(scheduler_file=scheduler_file) as client, \
+            dask.config.set({"dask_gmm.persist": persist}):
         killer = threading.Thread(target=_kill_one_worker_after,
                                   args=(client, rounds, 5, killed))
         killer.start()
@@ -134,8 +138,32 @@ def test_a_killed_worker_does_not_change_a_fit(scheduler_file, zarr_data):
                                on_round=rounds.append)
         killer.join()
         client.wait_for_workers(2, timeout=60)  # the nanny restarted it
+        _wait_until_nothing_is_held(client)
     assert killed and len(rounds) > 5
+    assert fitted.persisted_ == (persist == "always")
     assert_same(fitted, undisturbed)
+
+
+def _wait_until_nothing_is_held(client, timeout=20):
+    deadline = time.time() + timeout
+    while client.who_has() and time.time() < deadline:
+        time.sleep(0.05)
+    assert client.who_has() == {}
+
+
+def test_persisted_chunks_are_released_after_an_interrupted_fit(scheduler_file, zarr_data):
+    path, _ = zarr_data
+
+    def interrupt(running):
+        raise KeyboardInterrupt
+
+    with Client(scheduler_file=scheduler_file) as client:
+        with pytest.raises(KeyboardInterrupt):
+            fit_estimator(model(), da.from_zarr(str(path)), on_round=interrupt)
+        _wait_until_nothing_is_held(client)
+        fitted = model().fit(da.from_zarr(str(path)))
+        assert fitted.persisted_
+        _wait_until_nothing_is_held(client)
 
 
 def test_a_killed_worker_does_not_change_a_sweep(scheduler_file, zarr_data):

@@ -1,5 +1,6 @@
 """zarr arrays and h5py datasets are fitted chunk by chunk, never loaded whole."""
 
+import dask
 import h5py
 import numpy as np
 import pytest
@@ -59,11 +60,13 @@ def test_stores_are_read_in_row_chunks_never_whole(tmp_path, monkeypatch):
     store = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=X.shape,
                             chunks=(100, 3), dtype=X.dtype)
     store[:] = X
-    counter = ReadCounter(store)
-    gm = GaussianMixture(4, max_iter=3, tol=0, **reference_inits(X, 4, "full"))
-    with pytest.warns(Warning):
-        gm.fit(counter)
-    sizes = [key[0].stop - key[0].start for key in counter.reads]
-    sizes = [size for size in sizes if size > 0]  # dask's zero-row probe for meta
-    assert max(sizes) == 300  # whole storage chunks, never the whole array
-    assert len(sizes) == 3 * 10  # each chunk once per EM iteration
+    for persist, reads_per_chunk in (("never", 3), ("auto", 1)):
+        counter = ReadCounter(store)
+        gm = GaussianMixture(4, max_iter=3, tol=0, **reference_inits(X, 4, "full"))
+        with pytest.warns(Warning), dask.config.set({"dask_gmm.persist": persist}):
+            gm.fit(counter)
+        sizes = [key[0].stop - key[0].start for key in counter.reads]
+        sizes = [size for size in sizes if size > 0]  # dask's zero-row probe for meta
+        assert max(sizes) == 300  # whole storage chunks, never the whole array
+        # each chunk once per EM iteration, or once in all when the data are kept in memory
+        assert len(sizes) == reads_per_chunk * 10

@@ -65,7 +65,7 @@ def test_results_make_a_dataframe_and_methods_delegate(fitted_sweep, stretched_b
 
 
 @pytest.mark.parametrize("n_init", [1, 3])
-def test_each_chunk_is_read_once_per_round(tmp_path, stretched_blobs, n_init):
+def test_each_chunk_is_read_once_per_round(tmp_path, stretched_blobs, n_init, streaming):
     """With n_init=3 candidates restart at different rounds: draws of rows for
     seeding then share rounds with EM passes, and still read each chunk once."""
     store = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=stretched_blobs.shape,
