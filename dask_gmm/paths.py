@@ -14,6 +14,10 @@ any work starts and :func:`place` at the end:
   it). A replaced output is moved aside, checked again, and only then deleted.
 - If the final rename fails, the finished output is kept under its temporary
   name and the error says where.
+
+Predictions may also go to object storage as Zarr (``s3://...``); the same
+promises hold there, with a server-side copy in place of the rename (see the
+last section).
 """
 
 from __future__ import annotations
@@ -167,10 +171,7 @@ def check_output(path, overwrite, kind, inputs=(), option="--out"):
         its folder cannot be written.
     """
     if is_url(path):
-        raise OutputError(
-            f"{option} '{path}': writing outputs to URLs is not supported yet; write to "
-            "a local path and copy it."
-        )
+        return check_url_output(path, overwrite, kind, inputs, option)
     target = _real(path)
     for source in inputs:
         if source is None or is_url(source):
@@ -327,6 +328,10 @@ def atomic_output(path, overwrite=False, kind=None, suffix=""):
     ------
     pathlib.Path
     """
+    if is_url(path):
+        with atomic_url_output(path, overwrite, kind) as temporary:
+            yield temporary
+        return
     temporary = temporary_sibling(path)
     temporary = temporary.with_name(temporary.name + suffix)
     try:
@@ -347,3 +352,135 @@ def write_npz_atomically(path, arrays):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_output(path) as temporary, open(temporary, "wb") as f:
         np.savez(f, **arrays)
+
+
+# --------------------------------------------------------------------------
+# Zarr outputs on object storage (s3://, gs://, memory://...).
+#
+# Object stores have no rename, so the recipe above becomes: write the hidden
+# sibling prefix; then remove the old output (ours, checked again), copy every
+# object server-side to the target with the root metadata last (until the copy
+# ends the target is no zarr group at all), and remove the sibling. If the copy
+# fails, the partial target is removed and the finished output stays at the
+# sibling, which the error names.
+
+ROOT_METADATA = ("zarr.json", ".zattrs", ".zgroup", ".zarray")
+
+
+
+def filesystem(url):
+    """``(fsspec filesystem, path without protocol)`` of ``url``, with a fresh listing cache."""
+    from .io import url_filesystem
+
+    fs, path = url_filesystem(url)
+    fs.invalidate_cache()
+    return fs, path.rstrip("/")
+
+
+def url_marker(fs, path):
+    """Our marker attribute of the zarr group at ``path``, or None."""
+    for name in ("zarr.json", ".zattrs"):
+        try:
+            document = json.loads(fs.cat_file(f"{path}/{name}"))
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        attributes = document.get("attributes", document) if name == "zarr.json" \
+            else document
+        if MARKER in attributes:
+            return attributes[MARKER]
+    return None
+
+
+def _same_or_inside(outer, inner):
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def check_url_output(url, overwrite, kind, inputs=(), option="--out"):
+    """Refuse, before any work, a URL output that could destroy something (module docstring).
+
+    Raises
+    ------
+    OutputError, FileExistsError
+    """
+    if kind != PREDICTIONS or not str(url).rstrip("/").lower().endswith(".zarr"):
+        raise OutputError(
+            f"{option} '{url}': only predictions written as Zarr ('*.zarr') can go to a URL; "
+            "write this output to a local path and copy it."
+        )
+    fs, path = filesystem(url)
+    protocol = str(url).split("://", 1)[0]
+    for source in inputs:
+        if source is None or not str(source).startswith(protocol + "://"):
+            continue
+        other = str(source).split("://", 1)[1].rstrip("/")
+        if _same_or_inside(path, other) or _same_or_inside(other, path):
+            raise OutputError(f"{option} '{url}' is or holds an input of this run "
+                              f"('{source}'); choose another output path.")
+    bucket = path.split("/", 1)[0]
+    if "/" in path and not fs.exists(bucket):
+        raise OutputError(f"Cannot write {option} '{url}': bucket '{bucket}' does not exist.")
+    if fs.exists(path):
+        if not overwrite:
+            raise FileExistsError(f"'{url}' exists; pass --overwrite to replace it.")
+        if url_marker(fs, path) != kind:
+            raise OutputError(
+                f"'{url}' exists and is not a dask-gmm {kind} output; it is left alone "
+                "even with --overwrite. Remove it yourself or choose another path."
+            )
+
+
+def temporary_url(url):
+    """A fresh hidden sibling of ``url`` (same protocol and folder)."""
+    head, _, name = str(url).rstrip("/").rpartition("/")
+    return f"{head}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def _remove(fs, path):
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache()
+
+
+def place_url(temporary, url, overwrite, kind):
+    """Copy the finished output at ``temporary`` to ``url`` (module docstring, step 3)."""
+    fs, source = filesystem(temporary)
+    _, target = filesystem(url)
+    kept = f"the finished output is kept at '{temporary}'"
+
+    def failed(message):
+        error = OutputError(f"{message}; {kept}.")
+        error.kept = temporary
+        return error
+
+    if fs.exists(target):
+        if not overwrite or url_marker(fs, target) != kind:
+            raise failed(f"'{url}' was created by someone else while this run was "
+                         "writing; it was left alone")
+        _remove(fs, target)
+    files = sorted(fs.find(source))
+    relative = [f[len(source) + 1:] for f in files]
+    last = [i for i, r in enumerate(relative) if r in ROOT_METADATA]
+    first = [i for i in range(len(files)) if i not in last]
+    try:
+        for group in (first, last):
+            if group:
+                fs.copy([files[i] for i in group],
+                        [f"{target}/{relative[i]}" for i in group])
+    except Exception as error:
+        _remove(fs, target)
+        raise failed(f"Could not copy the output to '{url}' ({error})") from None
+    _remove(fs, source)
+
+
+@contextlib.contextmanager
+def atomic_url_output(url, overwrite, kind):
+    """Like :func:`dask_gmm.paths.atomic_output` for a URL: yields the temporary URL."""
+    temporary = temporary_url(url)
+    try:
+        yield temporary
+        place_url(temporary, url, overwrite, kind)
+    except BaseException as error:
+        if getattr(error, "kept", None) != temporary:
+            fs, path = filesystem(temporary)
+            _remove(fs, path)
+        raise
