@@ -34,7 +34,7 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._engine import flat_keys
+from ._engine import HeldBlocks, flat_keys
 
 logger = logging.getLogger("dask_gmm")
 
@@ -184,9 +184,16 @@ def rows_for_fit(data, client=None):
         yield data
         return
     with threadpool_limits(limits=1, user_api="blas"):
-        arrays = [data.array] + ([data.weights] if data.weights is not None else [])
-        persisted = dask.persist(*arrays)
-    kept = data.with_blocks(persisted[0], persisted[1] if len(persisted) > 1 else None)
+        if client is None:  # in this process, behind one graph key (see HeldBlocks)
+            blocks = dask.compute(data.blocks, data.weight_blocks)
+            kept = data.with_blocks(data.source, data.weights)
+            kept.held = HeldBlocks(*blocks)
+        else:
+            arrays = [data.array] + ([data.weights] if data.weights is not None else [])
+            persisted = dask.persist(*arrays)
+            kept = data.with_blocks(persisted[0], persisted[1] if len(persisted) > 1
+                                    else None)
+            del persisted, arrays
     kept.persisted = True
     kept.in_memory = True
     kept.bytes_read = plan.nbytes
@@ -194,4 +201,3 @@ def rows_for_fit(data, client=None):
         yield kept
     finally:
         kept.release()
-        del persisted, arrays
