@@ -11,7 +11,7 @@ import importlib
 import time
 
 BENCHMARKS = ["em_iteration", "bayesian", "missing", "sweep", "out_of_core", "cube",
-              "cluster", "spark"]
+              "cluster", "cloud", "scale", "spark"]
 
 
 def main():

@@ -116,7 +116,9 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
 def cluster_client():
     """The ``distributed.Client`` a fit computes on, or None for dask's local schedulers."""
     client = active_client()
-    if client is not None and dask.config.get("scheduler", None) is None:
+    # a Client sets dask's scheduler to "dask.distributed" while it is the default
+    if client is not None and dask.config.get("scheduler", None) in (
+            None, "dask.distributed", "distributed"):
         return client
     return None
 

@@ -2,6 +2,7 @@
 
 import resource
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -107,3 +108,21 @@ def test_deploy_config_matches_worker_settings():
     environ = config["distributed"]["nanny"]["pre-spawn-environ"]
     assert {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()} \
         == worker_settings()
+
+
+def test_a_persisted_fit_keeps_its_chunks_in_the_workers(cluster, tmp_path):
+    """A Client makes dask's scheduler 'dask.distributed': the blocks stay on the cluster."""
+    from dask_gmm._base import cluster_client, fit_estimator
+
+    X, _ = blobs(3000)
+    store = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=X.shape, chunks=(300, 3),
+                            dtype=X.dtype)
+    store[:] = X
+    held = []
+    with Client(cluster) as client:
+        assert cluster_client() is client
+        with dask.config.set(scheduler="threads"):
+            assert cluster_client() is None
+        model = fit_estimator(GaussianMixture(3, random_state=0), da.from_zarr(store),
+                              on_round=lambda running: held.append(len(client.who_has())))
+    assert model.persisted_ and min(held) >= 10
