@@ -307,7 +307,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         return {
             "estimator": estimator_fingerprint(self),
             "data": data_fingerprint(data.shape, dtype, rows, rows[:0],
-                                     data.weight_blocks[0] is not None),
+                                     data.weighted),
         }
 
     def _load_checkpoint(self, path, fingerprint):

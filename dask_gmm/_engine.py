@@ -188,7 +188,7 @@ class ChunkedRows:
         sample_chunks = X.chunks[:-1]
         self.starts = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64)
                        for c in sample_chunks]
-        self.blocks = list(X.to_delayed().ravel())
+        self.block_keys = flat_keys(X)
         self.places = []
         for location in np.ndindex(*X.numblocks[:-1]):
             origin = tuple(int(s[i]) for s, i in zip(self.starts, location))
@@ -197,13 +197,13 @@ class ChunkedRows:
             self.places.append(RowPlace(origin, block_shape, self.sample_shape,
                                         chunk_index))
         if sample_weight is None:
-            self.weight_blocks = [None] * len(self.blocks)
+            self.weight_keys = None
         else:
             if sample_weight.shape != self.sample_shape:
                 sample_weight = sample_weight.reshape(self.sample_shape)
             sample_weight = sample_weight.rechunk(sample_chunks)
             self.weights = sample_weight
-            self.weight_blocks = list(sample_weight.to_delayed().ravel())
+            self.weight_keys = flat_keys(sample_weight)
         itemsize = X.dtype.itemsize * X.shape[-1]
         if self.weights is not None:
             itemsize += self.weights.dtype.itemsize
@@ -227,7 +227,7 @@ class ChunkedRows:
 
             futures = futures_of([self.array] + [w for w in [self.weights] if w is not None])
         self.array = self.weights = self.source = self.held = None
-        self.blocks, self.weight_blocks = [], []
+        self.block_keys, self.weight_keys = [], None
         if futures:
             client = active_client()
             if client is not None:
@@ -241,7 +241,11 @@ class ChunkedRows:
 
     @property
     def n_chunks(self):
-        return len(self.blocks)
+        return len(self.block_keys)
+
+    @property
+    def weighted(self):
+        return self.weight_keys is not None
 
     def map_reduce(self, requests):
         """Build (without computing) one pass serving every request in ``requests``.
@@ -271,9 +275,8 @@ class ChunkedRows:
                 layer[key] = (_held_pass_task, self.held.key, shared, i, *options, place)
             dependencies = []
         else:
-            block_keys = flat_keys(self.array)
-            weight_keys = (flat_keys(self.weights) if self.weights is not None
-                           else [None] * len(block_keys))
+            block_keys = self.block_keys
+            weight_keys = self.weight_keys or [None] * len(block_keys)
             for i, (key, block, weight, place) in enumerate(
                     zip(parts, block_keys, weight_keys, self.places)):
                 layer[key] = (_pass_task, block, shared, weight, i, *options, place)
@@ -306,26 +309,31 @@ class ChunkedRows:
         local = [c - s[b] for c, s, b in zip(coords, self.starts, block_of)]
         flat_block = np.ravel_multi_index(block_of, grid) if len(indices) else indices
         order = np.argsort(flat_block, kind="stable")
-        take = dask.delayed(_take, pure=True)
+        token = uuid.uuid4().hex
+        layer, parts = {}, []
         if self.held is not None:
-            held = Delayed(self.held.key, {self.held.key: self.held})
-            take = dask.delayed(_take_held, pure=True)
-        parts = []
-        bounds = np.searchsorted(flat_block[order], np.arange(len(self.blocks) + 1))
+            layer[self.held.key] = self.held
+        bounds = np.searchsorted(flat_block[order], np.arange(self.n_chunks + 1))
         self.last_blocks_taken = np.flatnonzero(np.diff(bounds)).tolist()
-        for b in np.flatnonzero(np.diff(bounds)):
+        for b in self.last_blocks_taken:
             members = order[bounds[b] : bounds[b + 1]]
             shape = self.places[b].block_shape
             positions = np.ravel_multi_index([d[members] for d in local], shape)
-            parts.append(take(held, b, positions) if self.held is not None
-                         else take(self.blocks[b], positions))
-        return dask.delayed(_in_order, pure=True)(parts, order, self.shape[1], self.dtype)
+            key = (f"take-rows-{token}", b)
+            layer[key] = ((_take_held, self.held.key, b, positions) if self.held is not None
+                          else (_take, self.block_keys[b], positions))
+            parts.append(key)
+        final = f"rows-in-order-{token}"
+        layer[final] = (_in_order, parts, order, self.shape[1], self.dtype)
+        graph = HighLevelGraph.from_collections(
+            final, layer, dependencies=[] if self.held is not None else [self.array])
+        return Delayed(final, graph, layer=final)
 
     def build_round(self, requests):
         """One graph answering every request of a round; see :func:`run_together`."""
         passes = [i for i, r in enumerate(requests) if not isinstance(r, TakeRows)]
         graph = {}
-        touched = set(range(len(self.blocks))) if passes else set()
+        touched = set(range(self.n_chunks)) if passes else set()
         if passes:
             graph["passes"] = self.map_reduce([requests[i] for i in passes])
         for i, request in enumerate(requests):

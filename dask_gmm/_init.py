@@ -216,7 +216,7 @@ def initial_estimate(data, init_params, n_components, covariance_type, reg_covar
         Machine epsilon of the input dtype.
     random_state : numpy.random.RandomState
     """
-    unweighted = data.weight_blocks[0] is None
+    unweighted = not data.weighted
     if init_params in ("kmeans", "random"):
         if init_params == "kmeans":
             stats = yield from _kmeans_stats(data, n_components, covariance_type,

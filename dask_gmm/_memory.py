@@ -93,8 +93,14 @@ def already_in_memory(array):
 
         if futures_of(array):
             return True
+    return _block_values(array) is not None
+
+
+def _block_values(array):
+    """The ndarrays of a dask array persisted on dask's local schedulers, or None."""
     graph = array.__dask_graph__()
-    return all(isinstance(graph.get(key), np.ndarray) for key in flat_keys(array))
+    values = [graph.get(key) for key in flat_keys(array)]
+    return values if all(isinstance(v, np.ndarray) for v in values) else None
 
 
 def free_memory(client):
@@ -184,16 +190,17 @@ def rows_for_fit(data, client=None):
         yield data
         return
     with threadpool_limits(limits=1, user_api="blas"):
-        if client is None:  # in this process, behind one graph key (see HeldBlocks)
-            blocks = dask.compute(data.blocks, data.weight_blocks)
+        arrays = [data.array] + ([data.weights] if data.weights is not None else [])
+        persisted = dask.persist(*arrays)
+        held = [_block_values(a) for a in persisted] if client is None else [None]
+        if all(values is not None for values in held):
+            # in this process, behind one graph key (see HeldBlocks)
             kept = data.with_blocks(data.source, data.weights)
-            kept.held = HeldBlocks(*blocks)
+            kept.held = HeldBlocks(*held)
         else:
-            arrays = [data.array] + ([data.weights] if data.weights is not None else [])
-            persisted = dask.persist(*arrays)
             kept = data.with_blocks(persisted[0], persisted[1] if len(persisted) > 1
                                     else None)
-            del persisted, arrays
+        del persisted, arrays, held
     kept.persisted = True
     kept.in_memory = True
     kept.bytes_read = plan.nbytes

@@ -113,4 +113,4 @@ def test_persisted_blocks_are_dropped_when_the_fit_ends(stored, monkeypatch):
         GaussianMixture(2).fit(poisoned)
     GaussianMixture(2).fit(X)
     assert len(seen) == 2 and all(rows.persisted for rows in seen)
-    assert all(rows.array is None and rows.blocks == [] for rows in seen)
+    assert all(rows.array is None and rows.block_keys == [] for rows in seen)
