@@ -206,5 +206,7 @@ def rows_for_fit(data, client=None):
     kept.bytes_read = plan.nbytes
     try:
         yield kept
-    finally:
-        kept.release()
+    except BaseException:
+        kept.release(cancel=True)  # a traceback may still hold a round's graph
+        raise
+    kept.release()
