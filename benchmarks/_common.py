@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -52,3 +53,16 @@ def write_section(key, title, lines):
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+class IterationTimes(logging.Handler):
+    """Collect the seconds of each EM iteration from dask_gmm's debug log."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.seconds = []
+
+    def emit(self, record):
+        match = re.search(r"EM iteration \d+: .*, ([0-9.]+)s$", record.getMessage())
+        if match:
+            self.seconds.append(float(match.group(1)))

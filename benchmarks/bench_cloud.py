@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from dask_gmm import GaussianMixture, open_array, worker_settings
 
-from ._common import machine_summary, write_section
+from ._common import IterationTimes, machine_summary, write_section
 from .bench_em_iteration import make_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,19 +43,6 @@ from tests.s3server import BUCKET, S3Server  # noqa: E402 - the tests' server, r
 
 CHUNK_ROWS = 62_500
 N_ITER = 10
-
-
-class IterationTimes(logging.Handler):
-    """Collects the seconds of every EM iteration from the fit's DEBUG log."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.seconds = []
-
-    def emit(self, record):
-        match = re.match(r"EM iteration \d+: .*, ([0-9.]+)s$", record.getMessage())
-        if match:
-            self.seconds.append(float(match.group(1)))
 
 
 def fit(source, persist, server):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import statistics
 import tempfile
 import warnings
@@ -32,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from dask_gmm import GaussianMixture
 
-from ._common import machine_summary, write_section
+from ._common import IterationTimes, machine_summary, write_section
 from .bench_out_of_core import PeakMemory
 
 N_BANDS, N_COMPONENTS, SIZE, N_ITER = 4, 8, 1000, 8
@@ -68,19 +67,6 @@ def write_cube(folder, n_time, size, tile, seed=0):
                            chunks=(tile * tile, N_BANDS))
     flat[:] = kept
     return cube_path, flat_path, means, kept.shape[0] / (n_time * size * size)
-
-
-class IterationTimes(logging.Handler):
-    """Collect the seconds of each EM iteration from dask_gmm's debug log."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.seconds = []
-
-    def emit(self, record):
-        match = re.search(r"EM iteration \d+: .*, ([0-9.]+)s$", record.getMessage())
-        if match:
-            self.seconds.append(float(match.group(1)))
 
 
 def seconds_per_iteration(X, means, **fit_args):
