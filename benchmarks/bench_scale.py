@@ -184,8 +184,10 @@ ESTIMATE = dict(rows=10**10, features=64, components=16, itemsize=4, workers=100
 
 def estimate(sweep, rate, stats_bytes):
     e = ESTIMATE
-    cluster = next(v for k, v in sweep.items() if k.startswith("LocalCluster"))[-1]
     n_chunks = math.ceil(e["rows"] / e["chunk_rows"])
+    measured = next(v for k, v in sweep.items() if k.startswith("LocalCluster"))
+    # the scheduler's rate measured at the chunk count nearest the estimate's
+    cluster = min(measured, key=lambda c: abs(math.log(c["n_chunks"] / n_chunks)))
     fan_in = split_every()
     tasks = n_chunks + combine_tasks(n_chunks, fan_in)
     data_bytes = e["rows"] * e["features"] * e["itemsize"]
@@ -208,7 +210,8 @@ def estimate(sweep, rate, stats_bytes):
                                      "measured here, full K=16, D=64)"),
         ("scheduler per iteration", f"{scheduler_s:.1f} s ({tasks:,} tasks at "
                                     f"{cluster['tasks_per_second']:,.0f} tasks/s, measured "
-                                    f"here on {os.cpu_count()} cores)"),
+                                    f"here at {cluster['n_chunks']:,} chunks on "
+                                    f"{os.cpu_count()} cores)"),
         ("statistics tree", f"{stats_bytes / 2**20:.2f} MiB per chunk, "
                             f"{stats_total / 2**30:.1f} GiB per iteration over the network "
                             f"in all; critical path {network_s:.2f} s (fan-in {fan_in})"),
@@ -225,7 +228,9 @@ def estimate(sweep, rate, stats_bytes):
          f"{(storage_s + arithmetic_s + (e['iterations'] + 2) * persisted) / 60:.0f} min "
          f"and {data_bytes / 1e12:.1f} TB read"),
     ]
+    largest = max(measured, key=lambda c: c["n_chunks"])
     numbers = dict(per_worker_gb=per_worker / 1e9, data_tb=data_bytes / 1e12,
+                   largest=largest, at_estimate=cluster,
                    streamed_tb=(e["iterations"] + 3) * data_bytes / 1e12, tasks=tasks,
                    stats_mib=stats_bytes / 2**20, fan_in=fan_in)
     return rows, numbers
@@ -296,12 +301,17 @@ def what_breaks(numbers):
         f"happened. Give the cluster the memory (here {n['per_worker_gb']:.0f} GB per "
         f"worker) and a fit reads {n['data_tb']:.1f} TB instead of about "
         f"{n['streamed_tb']:.0f} TB.",
-        "- **The scheduler, with small chunks.** A round costs about a constant per task "
-        f"(the table above). With chunks of 256 MiB, 10^10 rows make {n['tasks']:,} tasks "
-        "per round, seconds of scheduling; with chunks of 1 MiB they would make 250 times "
-        "as many and the scheduler would take longer than the arithmetic. Keep chunks at "
-        "64-256 MiB (`open_array(..., chunks=ROWS)`, `--chunk-rows`), so that rounds stay "
-        "at 10^3-10^5 tasks.",
+        "- **The scheduler, with many chunks.** Up to "
+        f"{n['at_estimate']['n_chunks']:,} chunks a round costs about a constant per task "
+        f"({n['at_estimate']['ms_per_task']:.2f} ms of scheduling per task on the "
+        "LocalCluster above); at "
+        f"{n['largest']['n_chunks']:,} chunks it rose to {n['largest']['ms_per_task']:.1f} ms "
+        "per task (distributed also warns of a graph above 10 MiB), on two cores shared "
+        "by the scheduler, the workers and the client. With chunks of 256 MiB, 10^10 rows "
+        f"make {n['tasks']:,} tasks per round, seconds of scheduling; with chunks of 1 MiB "
+        "they would make 250 times as many, and the scheduler would take longer than the "
+        "arithmetic. Keep chunks at 64-256 MiB (`open_array(..., chunks=ROWS)`, "
+        "`--chunk-rows`), so that a round stays near 10^4 tasks.",
         "- **The combine tree.** Each chunk sends its statistics "
         f"({n['stats_mib']:.2f} MiB here) up a tree of fan-in `split_every` "
         f"({n['fan_in']}): a few levels, each moving fan-in x the statistics into one "
