@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,27 @@ def test_fit_predict_info_on_zarr(generated, version, tmp_path):
     assert out["labels"].chunks == (stored_rows,) and out["proba"].chunks == (stored_rows, 3)
     info = dask_gmm("info", model_path)
     assert "GaussianMixture: 3 components, covariance_type='full', 3 features" in info.stdout
+
+
+def test_fit_persist_option_reads_storage_once_or_every_pass(generated, tmp_path):
+    _, paths = generated
+    nbytes = 6000 * 3 * 8
+    runs = {}
+    for persist in ("auto", "never"):
+        runs[persist] = dask_gmm("fit", paths["3"], "-k", 2, "--seed", 0, "--persist", persist,
+                                 "--out", tmp_path / f"{persist}.npz", "--scheduler", "threads",
+                                 "--no-progress").stdout
+    kept = re.search(r"reads: (\d+) passes over the data, ([0-9.]+) MiB from storage "
+                     r"\(kept in memory after the first read\)", runs["auto"])
+    streamed = re.search(r"reads: (\d+) passes over the data, ([0-9.]+) MiB from storage$",
+                         runs["never"], re.M)
+    assert kept and streamed and kept.group(1) == streamed.group(1)
+    assert float(kept.group(2)) == pytest.approx(nbytes / 2**20, abs=0.05)
+    assert float(streamed.group(2)) == pytest.approx(int(streamed.group(1)) * nbytes / 2**20,
+                                                     abs=0.05)
+    bad = dask_gmm("fit", paths["3"], "-k", 2, "--persist", "sometimes", "--out",
+                   tmp_path / "m.npz", check=False)
+    assert bad.returncode == 2 and "'sometimes' is not one of" in bad.stderr
 
 
 def test_sweep_writes_table_plot_and_model(generated, tmp_path):
