@@ -110,8 +110,12 @@ def test_deploy_config_matches_worker_settings():
         == worker_settings()
 
 
-def test_a_persisted_fit_keeps_its_chunks_in_the_workers(cluster, tmp_path):
-    """A Client makes dask's scheduler 'dask.distributed': the blocks stay on the cluster."""
+def test_a_persisted_fit_keeps_its_chunks_in_the_workers(tmp_path):
+    """A Client makes dask's scheduler 'dask.distributed': the blocks stay on the cluster.
+
+    Its own cluster without a tight memory limit: the module's 450 MiB worker can
+    sit above its pause threshold after the fits of the tests before.
+    """
     from dask_gmm._base import cluster_client, fit_estimator
 
     X, _ = blobs(3000)
@@ -119,7 +123,8 @@ def test_a_persisted_fit_keeps_its_chunks_in_the_workers(cluster, tmp_path):
                             dtype=X.dtype)
     store[:] = X
     held = []
-    with Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
         assert cluster_client() is client
         with dask.config.set(scheduler="threads"):
             assert cluster_client() is None
