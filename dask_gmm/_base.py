@@ -24,7 +24,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._engine import (
     ChunkedRows,
-    active_client,
     check_chunks_fit_workers,
     join_features,
     predict_block,
@@ -32,7 +31,7 @@ from ._engine import (
     run_together,
     score_samples_block,
 )
-from ._memory import rows_for_fit
+from ._memory import cluster_client, record_reads, rows_for_fit
 from ._mstep import Params
 from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
 from ._requests import TakeRows
@@ -111,28 +110,6 @@ def fit_estimator(estimator, X, sample_weight=None, on_round=None, checkpoint=No
         estimator.__dict__.update(snapshot)
         raise
     return outcome
-
-
-def cluster_client():
-    """The ``distributed.Client`` a fit computes on, or None for dask's local schedulers."""
-    client = active_client()
-    # a Client sets dask's scheduler to "dask.distributed" while it is the default
-    if client is not None and dask.config.get("scheduler", None) in (
-            None, "dask.distributed", "distributed"):
-        return client
-    return None
-
-
-def record_reads(estimator, rows):
-    """Set ``n_passes_``, ``bytes_read_`` and ``persisted_`` from what a fit read."""
-    estimator.n_passes_ = rows.n_passes
-    estimator.bytes_read_ = int(rows.bytes_read)
-    estimator.persisted_ = bool(rows.persisted)
-    read = ("the data were in memory" if rows.in_memory and not rows.persisted else
-            f"{rows.bytes_read / 2**20:.1f} MiB read from storage"
-            + (" (persisted at the first)" if rows.persisted else ""))
-    logger.info("%s: %d passes over the data, %s", type(estimator).__name__,
-                rows.n_passes, read)
 
 
 class BaseMixture(DensityMixin, BaseEstimator):

@@ -415,15 +415,6 @@ def _in_order(parts, order, n_features, dtype):
     return out
 
 
-def tree_reduce(parts, combine):
-    """Reduce delayed parts with ``combine`` in a fixed-order tree of ``split_every`` fan-in."""
-    fan_in = split_every()
-    task = dask.delayed(combine, pure=True)
-    while len(parts) > 1:
-        parts = [task(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return parts[0]
-
-
 def compute(*collections):
     """``dask.compute`` with BLAS held to one thread meanwhile.
 

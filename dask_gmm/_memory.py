@@ -34,7 +34,7 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._engine import HeldBlocks, flat_keys
+from ._engine import HeldBlocks, active_client, flat_keys
 
 logger = logging.getLogger("dask_gmm")
 
@@ -210,3 +210,25 @@ def rows_for_fit(data, client=None):
         kept.release(cancel=True)  # a traceback may still hold a round's graph
         raise
     kept.release()
+
+
+def cluster_client():
+    """The ``distributed.Client`` a fit computes on, or None for dask's local schedulers."""
+    client = active_client()
+    # a Client sets dask's scheduler to "dask.distributed" while it is the default
+    if client is not None and dask.config.get("scheduler", None) in (
+            None, "dask.distributed", "distributed"):
+        return client
+    return None
+
+
+def record_reads(estimator, rows):
+    """Set ``n_passes_``, ``bytes_read_`` and ``persisted_`` from what a fit read."""
+    estimator.n_passes_ = rows.n_passes
+    estimator.bytes_read_ = int(rows.bytes_read)
+    estimator.persisted_ = bool(rows.persisted)
+    read = ("the data were in memory" if rows.in_memory and not rows.persisted else
+            f"{rows.bytes_read / 2**20:.1f} MiB read from storage"
+            + (" (persisted at the first)" if rows.persisted else ""))
+    logger.info("%s: %d passes over the data, %s", type(estimator).__name__,
+                rows.n_passes, read)

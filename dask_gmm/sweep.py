@@ -20,10 +20,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import cluster_client, prepare_rows, record_reads
+from ._base import prepare_rows
 from ._engine import compute_round, run_together
 from ._estep import NonFiniteInputError
-from ._memory import rows_for_fit
+from ._memory import cluster_client, record_reads, rows_for_fit
 from ._options import COVARIANCE_TYPES, CRITERIA, RESULT_COLUMNS
 from ._plots import pyplot
 from ._progress import progress_bar

@@ -116,7 +116,8 @@ def test_a_persisted_fit_keeps_its_chunks_in_the_workers(tmp_path):
     Its own cluster without a tight memory limit: the module's 450 MiB worker can
     sit above its pause threshold after the fits of the tests before.
     """
-    from dask_gmm._base import cluster_client, fit_estimator
+    from dask_gmm._base import fit_estimator
+    from dask_gmm._memory import cluster_client
 
     X, _ = blobs(3000)
     store = zarr.open_array(tmp_path / "x.zarr", mode="w", shape=X.shape, chunks=(300, 3),
