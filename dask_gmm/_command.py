@@ -214,10 +214,12 @@ def em_options(command):
                           "and fits on each row's observed features; 'raise' refuses "
                           "them."),
         click.option("--persist", type=click.Choice(["auto", "always", "never"]),
-                     default="auto", show_default=True,
+                     default=None,
                      help="Keep the data in memory (the cluster's, or this machine's) "
                           "after the first read: 'auto' does when they take at most half "
-                          "of the free memory; 'never' reads storage on every pass."),
+                          "of the free memory; 'never' reads storage on every pass. "
+                          "Default: dask's config 'dask_gmm.persist' (e.g. "
+                          "DASK_DASK_GMM__PERSIST=never), else 'auto'."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -78,7 +78,8 @@ def test_fit_predict_info_on_zarr(generated, version, tmp_path):
     assert "GaussianMixture: 3 components, covariance_type='full', 3 features" in info.stdout
 
 
-def test_fit_persist_option_reads_storage_once_or_every_pass(generated, tmp_path):
+def test_fit_persist_option_reads_storage_once_or_every_pass(generated, tmp_path,
+                                                              monkeypatch):
     _, paths = generated
     nbytes = 6000 * 3 * 8
     runs = {}
@@ -97,6 +98,20 @@ def test_fit_persist_option_reads_storage_once_or_every_pass(generated, tmp_path
     bad = dask_gmm("fit", paths["3"], "-k", 2, "--persist", "sometimes", "--out",
                    tmp_path / "m.npz", check=False)
     assert bad.returncode == 2 and "'sometimes' is not one of" in bad.stderr
+    # without --persist, dask's config decides (here from the environment)
+    monkeypatch.setenv("DASK_DASK_GMM__PERSIST", "never")
+    from_config = dask_gmm("fit", paths["3"], "-k", 2, "--seed", 0, "--out",
+                           tmp_path / "config.npz", "--scheduler", "threads",
+                           "--no-progress").stdout
+    assert re.search(r"reads: \d+ passes over the data, [0-9.]+ MiB from storage$",
+                     from_config, re.M)
+    monkeypatch.setenv("DASK_DASK_GMM__PERSIST", "sometimes")
+    wrong = dask_gmm("fit", paths["3"], "-k", 2, "--out", tmp_path / "wrong.npz",
+                     "--scheduler", "threads", check=False)
+    assert wrong.returncode == 1 and wrong.stderr.strip() == (
+        "Error: dask config 'dask_gmm.persist' must be 'auto', True ('always') or False "
+        "('never'); got 'sometimes'.")
+    assert not (tmp_path / "wrong.npz").exists()
 
 
 def test_sweep_writes_table_plot_and_model(generated, tmp_path):
