@@ -26,14 +26,12 @@ from ._engine import (
     ChunkedRows,
     check_chunks_fit_workers,
     join_features,
-    predict_block,
-    predict_proba_block,
     run_together,
-    score_samples_block,
 )
 from ._memory import cluster_client, record_reads, rows_for_fit
 from ._mstep import Params
 from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
+from ._predict import predict_block, predict_proba_block, score_samples_block
 from ._requests import TakeRows
 from ._validation import (
     InvalidParameterError,

@@ -26,7 +26,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from threadpoolctl import threadpool_limits
 
-from ._estep import RowPlace, log_resp_and_norm
+from ._estep import RowPlace
 from ._requests import TakeRows, chunk_pass
 from ._stats import combine_stat_lists
 
@@ -500,51 +500,3 @@ def _drive(data, steps, on_round, isolate, fatal):
         if on_round is not None:
             on_round(len(pending))
     return results
-
-
-# --------------------------------------------------------------------------
-# Per-sample outputs of dask arrays, through ``map_blocks`` (features last).
-
-
-def _block_place(block, block_info):
-    """Where a ``map_blocks`` block sits, for messages."""
-    if not block_info:
-        return RowPlace()
-    info = block_info[0]
-    origin = tuple(loc[0] for loc in info["array-location"][:-1])
-    location = tuple(info["chunk-location"][:-1])
-    return RowPlace(origin, block.shape[:-1], tuple(info["shape"][:-1]),
-                    location[0] if len(location) == 1 else location)
-
-
-def block_log_resp(X, params, nan_policy="raise", block_info=None):
-    """Log responsibilities ``(..., K)`` and log-likelihoods ``(...)`` of a block of samples."""
-    rows = X.reshape(-1, X.shape[-1])
-    log_resp, log_norm = log_resp_and_norm(rows, params, nan_policy=nan_policy,
-                                           place=_block_place(X, block_info))
-    sample_shape = X.shape[:-1]
-    return (log_resp.reshape(sample_shape + log_resp.shape[-1:]),
-            log_norm.reshape(sample_shape))
-
-
-def predict_block(X, params, nan_policy="raise", block_info=None):
-    """Most likely component of each sample, int64; -1 where a sample is left out."""
-    log_resp, log_norm = block_log_resp(X, params, nan_policy, block_info)
-    if log_resp.shape[-1] == 0 or log_norm.size == 0:
-        return np.zeros(log_norm.shape, dtype=np.int64)
-    labels = np.nan_to_num(log_resp, nan=-np.inf).argmax(axis=-1)
-    if nan_policy != "raise":
-        labels[np.isnan(log_norm)] = -1
-    return labels
-
-
-def predict_proba_block(X, params, dtype, nan_policy="raise", block_info=None):
-    """Responsibilities of each sample, shape ``(..., K)``, in ``dtype``; NaN where masked."""
-    log_resp = block_log_resp(X, params, nan_policy, block_info)[0]
-    return np.exp(log_resp).astype(dtype, copy=False)
-
-
-def score_samples_block(X, params, dtype, nan_policy="raise", block_info=None):
-    """Log-likelihood of each sample, shape ``(...)``, in ``dtype``; NaN where masked."""
-    log_norm = block_log_resp(X, params, nan_policy, block_info)[1]
-    return log_norm.astype(dtype, copy=False)

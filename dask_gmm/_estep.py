@@ -5,8 +5,9 @@ temporaries stay near ``BLOCK_BYTES``; each block is checked (NaN, infinity,
 values too large to square), shifted by the chunk's own point, and turned into
 per-component log densities through one kernel per covariance type
 (:data:`SQUARED_MAHALANOBIS`, the way scikit-learn dispatches), then into
-responsibilities. Full covariances take the compiled tile kernel of ``_fused``
-for the E-step of a fit.
+responsibilities. These numpy kernels are the reference for the compiled tile
+kernels of ``_fused`` and ``_fused_linear``, which the E-step and the
+prediction passes run.
 """
 
 from __future__ import annotations
@@ -443,79 +444,3 @@ def responsibilities(wlp):
 def weighted_sum(values, w):
     """``sum(values)``, weighted by ``w`` when there are weights."""
     return float(values.sum() if w is None else values @ w)
-
-
-def full_e_step(block, params, stats):
-    """The E-step for full covariances through the compiled kernel (see ``_fused``)."""
-    # Imported on first use: numba and the compiled code cost a process ~150 MiB,
-    # which fits of the other covariance types need not pay.
-    from . import _fused
-
-    n_components, n_features = params.means.shape
-    prec_chol = params.prec_chol
-    whiten_t = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(-1, n_features))
-    offsets = np.einsum("kd,kde->ke", params.means - stats.shift, prec_chol)
-    log_const = params.log_mixing()
-    log_const += log_det_cholesky(prec_chol, "full", n_features)
-    log_const -= 0.5 * n_features * math.log(2 * math.pi)
-    w = np.empty(0) if block.w is None else np.ascontiguousarray(block.w, dtype=np.float64)
-    stats.n += block.total_weight()
-    stats.rows += block.n
-    return _fused.full_e_step(
-        np.ascontiguousarray(block.rows), stats.shift, w, whiten_t, np.ascontiguousarray(offsets),
-        log_const, _fused.tile_rows(n_components, n_features),
-        stats.nk, stats.s1, stats.s2)
-
-
-def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="raise",
-                      place=None):
-    """Log responsibilities and per-row log-likelihood for one block of rows.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, D)
-    params : Params
-    row_start, chunk_index : int
-        Where ``X`` sits in the whole input, for error messages.
-    nan_policy : {'raise', 'omit', 'marginalize'}
-        'omit': rows holding NaN get NaN outputs instead of an error;
-        'marginalize': rows missing some features are scored on the others.
-    place : RowPlace or None
-        Where ``X`` sits, instead of ``row_start`` and ``chunk_index``.
-
-    Returns
-    -------
-    log_resp : ndarray of shape (n, K), float64
-    log_norm : ndarray of shape (n,), float64
-    """
-    n = X.shape[0]
-    if place is None:
-        place = RowPlace((row_start,), chunk_index=chunk_index)
-    shift = chunk_shift(X)
-    log_resp = np.full((n, len(params.weights)), np.nan)
-    log_norm = np.full(n, np.nan)
-    for start, rows, _ in row_blocks(X, None, block_rows(params_row_width(params))):
-        complete, _, kept = screen_rows(rows, None, nan_policy != "raise", start, place)
-        with np.errstate(invalid="ignore", over="ignore"):
-            wlp = weighted_log_prob(RowBlock(complete, shift, None, start), params, shift)
-        at = np.arange(start, start + len(complete)) if kept is None else start + kept
-        _store_log_resp(wlp, at, log_resp, log_norm)
-        if nan_policy == "marginalize" and kept is not None:
-            from ._missing import IncompleteRows, marginal_terms
-
-            incomplete = IncompleteRows.from_block(rows, None, kept)
-            if incomplete.n:
-                wlp = marginal_terms(incomplete.rows, incomplete.missing,
-                                     incomplete.groups, params, shift).log_prob.copy()
-                _store_log_resp(wlp, start + incomplete.positions, log_resp, log_norm)
-    return log_resp, log_norm
-
-
-def _store_log_resp(wlp, at, log_resp, log_norm):
-    """Normalise weighted log densities ``wlp`` into rows ``at`` of the outputs."""
-    top = wlp.max(axis=1)
-    top[~np.isfinite(top)] = 0.0
-    with np.errstate(divide="ignore"):
-        norm = np.log(np.exp(wlp - top[:, None]).sum(axis=1)) + top
-    log_norm[at] = norm
-    log_resp[at] = wlp - norm[:, None]

@@ -20,8 +20,6 @@ The functions release the GIL, so dask's threads run them in parallel.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
@@ -68,13 +66,16 @@ def tile_rows(n_components, n_features):
 
 # No reassociation here: it would undo the two-part ln 2 of the range reduction.
 @compiled(fastmath={"nsz", "contract"})
-def _exp_nonpositive(x, out, out_bits, m):
+def _exp_nonpositive(x, out, scale, m):
     """``out[:m] = exp(x[:m])`` for ``x <= 0``; exactly 0 below ``_EXP_FLOOR``.
 
-    ``out_bits`` is ``out`` viewed as int64. Range reduction ``x = k ln2 + f``
-    with ``|f| <= ln2 / 2``, a degree-12 Taylor polynomial for ``exp(f)``
-    (truncation below 2e-16 relative), then ``k`` added to the exponent bits:
-    all of it vectorises, unlike a call to libm's ``exp``.
+    ``scale`` is an int64 work buffer of ``m`` or more. Range reduction
+    ``x = k ln2 + f`` with ``|f| <= ln2 / 2``, a degree-12 Taylor polynomial for
+    ``exp(f)`` (truncation below 2e-16 relative), then ``k`` added to the
+    exponent bits: all of it vectorises, unlike a call to libm's ``exp``. The
+    exponent goes through ``scale`` rather than straight into ``out`` seen as
+    integers, since two views of one buffer in one loop stop the compiler from
+    vectorising it.
     """
     for r in range(m):
         v = max(x[r], _EXP_FLOOR)
@@ -94,18 +95,120 @@ def _exp_nonpositive(x, out, out_bits, m):
         p = p * f + 1.0
         p = p * f + 1.0
         out[r] = p
-        out_bits[r] += np.int64(kf) << 52
+        scale[r] = np.int64(kf) << 52
+    bits = out.view(np.int64)
     for r in range(m):
-        if x[r] < _EXP_FLOOR:
-            out[r] = 0.0
+        bits[r] = bits[r] + scale[r] if x[r] >= _EXP_FLOOR else 0
+
+
+_LN2 = 0.6931471805599453
+_SQRT2 = 1.4142135623730951
+
+
+@compiled(fastmath={"nsz", "contract"})
+def _log_positive(x, out, m):
+    """``out[:m] = log(x[:m])`` for normal positive ``x`` (here sums of exponentials, >= 1).
+
+    ``x = 2^e a`` with ``a`` in ``[sqrt(1/2), sqrt(2))``, read from the bits;
+    ``log a = 2 atanh(s)`` with ``s = (a - 1) / (a + 1)``, ``|s| <= 0.172``, as
+    an odd series to ``s^23`` (truncation below 1e-18). Vectorises, where
+    libm's ``log`` is a call per row.
+    """
+    bits = x.view(np.int64)
+    for r in range(m):
+        b = bits[r]
+        e = (b >> 52) - 1023
+        a = x[r] * 2.0 ** -e  # the mantissa, in [1, 2)
+        if a > _SQRT2:
+            a *= 0.5
+            e += 1
+        s = (a - 1.0) / (a + 1.0)
+        s2 = s * s
+        q = 1.0 / 23.0
+        q = q * s2 + 1.0 / 21.0
+        q = q * s2 + 1.0 / 19.0
+        q = q * s2 + 1.0 / 17.0
+        q = q * s2 + 1.0 / 15.0
+        q = q * s2 + 1.0 / 13.0
+        q = q * s2 + 1.0 / 11.0
+        q = q * s2 + 1.0 / 9.0
+        q = q * s2 + 1.0 / 7.0
+        q = q * s2 + 1.0 / 5.0
+        q = q * s2 + 1.0 / 3.0
+        q = q * s2 + 1.0
+        out[r] = e * _LN2 + 2.0 * s * q
+
+
+@compiled(fastmath=_FASTMATH)
+def log_positive(x):
+    """The kernel's logarithm on an array of normal positive values (for tests)."""
+    out = np.empty(x.shape[0])
+    _log_positive(x, out, x.shape[0])
+    return out
 
 
 @compiled(fastmath=_FASTMATH)
 def exp_nonpositive(x):
     """The kernel's exponential on an array of values ``<= 0`` (for tests)."""
     out = np.empty(x.shape[0])
-    _exp_nonpositive(x, out, out.view(np.int64), x.shape[0])
+    _exp_nonpositive(x, out, np.empty(x.shape[0], dtype=np.int64), x.shape[0])
     return out
+
+
+@compiled(fastmath=_FASTMATH)
+def normalise_tile(resp, m, w, start, top, total, shifted, expo):
+    """Log densities of a tile into weighted responsibilities, in place.
+
+    Parameters
+    ----------
+    resp : ndarray of shape (K, n_tile)
+        Per-component weighted log densities of the tile's rows; overwritten
+        with ``w * r``. Columns ``m..`` (rows past the block's end) get zeros.
+    m : int
+        Rows of the tile that are real.
+    w : ndarray of shape (n,) or (0,)
+        The block's sample weights (empty for none); row ``r`` of the tile is
+        row ``start + r`` of the block.
+    start : int
+    top, total, shifted, expo : ndarray of shape (n_tile,)
+        Work buffers.
+
+    Returns
+    -------
+    float
+        ``sum w log p(y)`` over the tile's ``m`` rows.
+    """
+    n_components, n_tile = resp.shape
+    weighted = w.shape[0] > 0
+    scale = np.empty(n_tile, dtype=np.int64)
+    for r in range(n_tile):
+        top[r] = resp[0, r]
+    for k in range(1, n_components):
+        for r in range(n_tile):
+            top[r] = max(top[r], resp[k, r])
+    for r in range(n_tile):
+        if not top[r] > -np.inf:
+            top[r] = 0.0
+        total[r] = 0.0
+    for k in range(n_components):
+        for r in range(n_tile):
+            shifted[r] = resp[k, r] - top[r]
+        _exp_nonpositive(shifted, expo, scale, n_tile)
+        for r in range(n_tile):
+            resp[k, r] = expo[r]
+            total[r] += expo[r]
+    _log_positive(total, shifted, m)
+    log_likelihood = 0.0
+    for r in range(m):
+        weight = w[start + r] if weighted else 1.0
+        log_likelihood += weight * (top[r] + shifted[r])
+        total[r] = weight / total[r]
+    for r in range(m, n_tile):
+        total[r] = 0.0
+    for k in range(n_components):
+        for r in range(n_tile):
+            resp[k, r] *= total[r]
+    return log_likelihood
 
 
 @compiled(fastmath=_FASTMATH)
@@ -144,7 +247,6 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
     n, n_features = X.shape
     n_components = offsets.shape[0]
     n_packed = s2.shape[1]
-    weighted = w.shape[0] > 0
     y_t = np.zeros((n_features, n_tile))
     z_t = np.empty((n_components * n_features, n_tile))
     resp = np.empty((n_components, n_tile))
@@ -153,7 +255,6 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
     total = np.empty(n_tile)
     shifted = np.empty(n_tile)
     expo = np.empty(n_tile)
-    expo_bits = expo.view(np.int64)
     s1_tile = np.empty((n_components, n_features))
     s2_tile = np.empty((n_components, n_packed))
     log_likelihood = 0.0
@@ -177,33 +278,10 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
             lc = log_const[k]
             for r in range(n_tile):
                 resp[k, r] = lc - 0.5 * shifted[r]
-        for r in range(n_tile):
-            top[r] = resp[0, r]
-        for k in range(1, n_components):
-            for r in range(n_tile):
-                top[r] = max(top[r], resp[k, r])
-        for r in range(n_tile):
-            if not top[r] > -np.inf:
-                top[r] = 0.0
-            total[r] = 0.0
-        for k in range(n_components):
-            for r in range(n_tile):
-                shifted[r] = resp[k, r] - top[r]
-            _exp_nonpositive(shifted, expo, expo_bits, n_tile)
-            for r in range(n_tile):
-                resp[k, r] = expo[r]
-                total[r] += expo[r]
-        for r in range(m):
-            row_log_lik = top[r] + math.log(total[r])
-            weight = w[start + r] if weighted else 1.0
-            log_likelihood += weight * row_log_lik
-            total[r] = weight / total[r]
-        for r in range(m, n_tile):
-            total[r] = 0.0
+        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo)
         for k in range(n_components):
             acc = 0.0
             for r in range(n_tile):
-                resp[k, r] *= total[r]
                 acc += resp[k, r]
             nk[k] += acc
         t = 0

@@ -33,12 +33,9 @@ from ._estep import (
     RowPlace,
     block_rows,
     chunk_shift,
-    full_e_step,
-    params_row_width,
     responsibilities,
     row_blocks,
     screen_rows,
-    weighted_log_prob,
     weighted_sum,
 )
 from ._missing import (
@@ -153,21 +150,23 @@ class EStep(PassRequest):
         self.params = params
 
     def row_width(self):
-        if self.params.covariance_type == "full":  # the compiled kernel works in tiles
-            return self.params.means.shape[1]
-        return params_row_width(self.params)
+        # the compiled kernels work in tiles: blocks need only hold the rows
+        return self.params.means.shape[1]
 
     def empty(self, n_features, shift):
         return empty_stats(len(self.params.weights), n_features,
                            self.params.covariance_type, shift)
 
+    def start_chunk(self, chunk_index):
+        """A place for the kernels' inputs, worked out on the chunk's first block."""
+        return {}
+
     def accumulate(self, block, stats, context=None):
-        if self.params.covariance_type == "full":
-            return full_e_step(block, self.params, stats)
-        with np.errstate(invalid="ignore", over="ignore"):
-            R, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
-        accumulate(stats, block, R)
-        return weighted_sum(log_norm, block.w)
+        # Imported on first use: numba and the compiled code cost a process
+        # ~150 MiB, which importing the package need not pay.
+        from . import _fused_linear
+
+        return _fused_linear.e_step(block, self.params, stats, context)
 
     def accumulate_incomplete(self, incomplete, stats):
         """Observed-data densities and expected complete-data sums (see ``_missing``)."""
@@ -251,14 +250,16 @@ class LogLikelihood(PassRequest):
         self.params = params
 
     def row_width(self):
-        return params_row_width(self.params)
+        return self.params.means.shape[1]  # the compiled kernel works in tiles
 
     def empty(self, n_features, shift):
         return empty_stats(0, n_features, "spherical", shift, second_moments=False)
 
     def accumulate(self, block, stats, context=None):
-        with np.errstate(invalid="ignore", over="ignore"):
-            _, log_norm = responsibilities(weighted_log_prob(block, self.params, stats.shift))
+        from . import _fused_linear
+
+        log_norm = np.empty(block.n)
+        _fused_linear.predict(block.rows, self.params, stats.shift, scores=log_norm)
         stats.n += block.total_weight()
         stats.rows += block.n
         return weighted_sum(log_norm, block.w)

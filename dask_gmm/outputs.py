@@ -26,7 +26,8 @@ import numpy as np
 
 from . import paths
 from ._engine import join_features
-from ._estep import log_resp_and_norm
+from ._estep import RowPlace
+from ._predict import row_outputs
 from ._xarray import xarray_kind
 
 logger = logging.getLogger(__name__)
@@ -73,19 +74,8 @@ def predict_chunk(block, params, names, dtype, row_start=0, chunk_index=None,
     dict of ndarray
         ``labels`` (n,) int64, ``proba`` (n, K), ``score_samples`` (n,).
     """
-    log_resp, log_norm = log_resp_and_norm(block, params, row_start, chunk_index,
-                                           nan_policy)
-    values = {}
-    if "labels" in names:
-        labels = np.nan_to_num(log_resp, nan=-np.inf).argmax(axis=1)
-        if nan_policy != "raise":
-            labels[np.isnan(log_norm)] = -1
-        values["labels"] = labels
-    if "proba" in names:
-        values["proba"] = np.exp(log_resp).astype(dtype, copy=False)
-    if "score_samples" in names:
-        values["score_samples"] = log_norm.astype(dtype, copy=False)
-    return values
+    place = RowPlace((row_start,), chunk_index=chunk_index)
+    return row_outputs(block, params, names, dtype, nan_policy, place)
 
 
 def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index,

@@ -1,4 +1,4 @@
-"""The compiled full-covariance E-step against the numpy kernels it replaces."""
+"""The compiled E-step and prediction kernels against the numpy kernels they replace."""
 
 import subprocess
 import sys
@@ -7,17 +7,20 @@ import numba
 import numpy as np
 import pytest
 
-from dask_gmm import _fused
+from dask_gmm import _fused, _fused_linear
 from dask_gmm._estep import RowBlock, chunk_shift, responsibilities, weighted_log_prob
 from dask_gmm._mstep import Params, precision_cholesky
+from dask_gmm._predict import log_resp_and_norm
 from dask_gmm._requests import EStep, chunk_pass
 from dask_gmm._stats import accumulate, empty_stats
+
+COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 
 
 def numpy_e_step(X, params, w=None):
     """The numpy route: weighted log densities, responsibilities, sums."""
     shift = chunk_shift(X)
-    stats = empty_stats(len(params.weights), X.shape[1], "full", shift)
+    stats = empty_stats(len(params.weights), X.shape[1], params.covariance_type, shift)
     block = RowBlock(np.asarray(X, dtype=np.float64), shift, w, 0)
     R, log_norm = responsibilities(weighted_log_prob(block, params, shift))
     accumulate(stats, block, R)
@@ -25,20 +28,30 @@ def numpy_e_step(X, params, w=None):
     return stats
 
 
-def random_params(rng, n_components, n_features, center=0.0):
+def random_params(rng, n_components, n_features, center=0.0, covariance_type="full"):
     means = rng.normal(size=(n_components, n_features)) * 3 + center
-    A = rng.normal(size=(n_components, n_features, n_features)) * 0.3
-    cov = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    if covariance_type == "full":
+        A = rng.normal(size=(n_components, n_features, n_features)) * 0.3
+        cov = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    elif covariance_type == "tied":
+        A = rng.normal(size=(n_features, n_features)) * 0.3
+        cov = A @ A.T + np.eye(n_features)
+    elif covariance_type == "diag":
+        cov = rng.uniform(0.5, 3.0, (n_components, n_features))
+    else:
+        cov = rng.uniform(0.5, 3.0, n_components)
     weights = rng.uniform(0.5, 1.5, n_components)
-    return Params(weights / weights.sum(), means, precision_cholesky(cov, "full"), "full")
+    return Params(weights / weights.sum(), means, precision_cholesky(cov, covariance_type),
+                  covariance_type)
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("n_rows", [0, 1, 7, 128, 300, 1000])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_compiled_e_step_equals_numpy_kernels(n_rows, dtype, weighted):
+def test_compiled_e_step_equals_numpy_kernels(covariance_type, n_rows, dtype, weighted):
     rng = np.random.default_rng(n_rows)
-    params = random_params(rng, 5, 6, center=50.0)
+    params = random_params(rng, 5, 6, center=50.0, covariance_type=covariance_type)
     X = (rng.normal(size=(n_rows, 6)) * 4 + 50.0).astype(dtype)
     w = rng.uniform(0, 3, n_rows) if weighted else None
     ours = chunk_pass(X, [EStep(params)], sample_weight=w)[0]
@@ -51,13 +64,30 @@ def test_compiled_e_step_equals_numpy_kernels(n_rows, dtype, weighted):
     assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12, abs=1e-9)
 
 
-def test_tiles_do_not_change_the_sums(monkeypatch):
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_compiled_e_step_keeps_its_digits_far_from_the_origin(covariance_type):
+    # the sums are about the chunk's shift: an offset of 1e6 changes nothing but it
+    rng = np.random.default_rng(3)
+    params = random_params(rng, 4, 3, covariance_type=covariance_type)
+    X = rng.normal(size=(2000, 3)) * 2
+    near = chunk_pass(X, [EStep(params)])[0]
+    offset = Params(params.weights, params.means + 1e6, params.prec_chol, covariance_type)
+    far = chunk_pass(X + 1e6, [EStep(offset)])[0]
+    np.testing.assert_allclose(far.nk, near.nk, rtol=1e-8)
+    np.testing.assert_allclose(far.s1 / far.nk[:, None] + far.shift - 1e6,
+                               near.s1 / near.nk[:, None] + near.shift, atol=1e-8)
+    assert far.log_likelihood == pytest.approx(near.log_likelihood, rel=1e-8)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_tiles_do_not_change_the_sums(monkeypatch, covariance_type):
     rng = np.random.default_rng(1)
-    params = random_params(rng, 3, 4)
+    params = random_params(rng, 3, 4, covariance_type=covariance_type)
     X = rng.normal(size=(1001, 4)) * 3
     sums = []
     for rows in (8, 64, 128):
         monkeypatch.setattr(_fused, "TILE_ROWS", rows)
+        monkeypatch.setattr(_fused_linear, "LINEAR_TILE_ROWS", rows)
         assert _fused.tile_rows(3, 4) == rows
         stats = chunk_pass(X, [EStep(params)])[0]
         sums.append((stats.nk, stats.s2, stats.log_likelihood))
@@ -65,6 +95,43 @@ def test_tiles_do_not_change_the_sums(monkeypatch):
         np.testing.assert_allclose(nk, sums[0][0], rtol=1e-12)
         np.testing.assert_allclose(s2, sums[0][1], rtol=1e-12)
         assert ll == pytest.approx(sums[0][2], rel=1e-13)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_rows", [0, 1, 9, 300, 1000])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_prediction_equals_numpy_kernels(covariance_type, n_rows, dtype):
+    rng = np.random.default_rng(10 + n_rows)
+    params = random_params(rng, 5, 4, center=-30.0, covariance_type=covariance_type)
+    X = (rng.normal(size=(n_rows, 4)) * 4 - 30.0).astype(dtype)
+    shift = chunk_shift(X)
+    block = RowBlock(X, shift, None, 0)
+    wlp = weighted_log_prob(block, params, shift)
+    proba_reference, log_norm_reference = responsibilities(wlp.copy())
+    labels, proba, scores = (np.empty(n_rows, np.int64), np.empty((n_rows, 5), dtype),
+                             np.empty(n_rows))
+    _fused_linear.predict(X, params, shift, labels, proba, scores)
+    np.testing.assert_allclose(scores, log_norm_reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(proba, proba_reference,
+                               rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-14)
+    np.testing.assert_array_equal(labels, wlp.argmax(axis=1))
+    alone = np.full(n_rows, np.nan)
+    _fused_linear.predict(X, params, shift, scores=alone)
+    np.testing.assert_array_equal(alone, scores)
+
+
+def test_prediction_of_rows_with_holes_uses_the_kernel_for_the_complete_ones():
+    rng = np.random.default_rng(4)
+    params = random_params(rng, 3, 4, covariance_type="diag")
+    X = rng.normal(size=(50, 4)) * 3
+    X[[3, 17], 1] = np.nan
+    log_resp, log_norm = log_resp_and_norm(X, params, nan_policy="omit")
+    assert np.isnan(log_norm[[3, 17]]).all() and np.isfinite(np.delete(log_norm, [3, 17])).all()
+    complete = np.delete(X, [3, 17], axis=0)
+    shift = chunk_shift(X)
+    reference = responsibilities(weighted_log_prob(RowBlock(complete, shift, None, 0),
+                                                   params, shift))[1]
+    np.testing.assert_allclose(np.delete(log_norm, [3, 17]), reference, rtol=1e-12)
 
 
 def test_tiles_shrink_for_many_features():
@@ -105,14 +172,21 @@ def test_exponential_is_accurate_on_its_whole_range():
     assert np.all(below == 0.0)
 
 
-def test_numba_loads_only_when_a_full_covariance_e_step_runs():
+def test_logarithm_is_accurate_on_normal_positive_numbers():
+    x = np.concatenate([np.linspace(1.0, 1e3, 200_001), np.logspace(-300, 300, 10_001),
+                        [2.0**-1022, np.sqrt(2.0), np.nextafter(np.sqrt(2.0), 2.0)]])
+    ours = _fused.log_positive(x)
+    reference = np.log(x)
+    assert np.all(np.abs(ours - reference) <= 2 * np.spacing(np.abs(reference)) + 1e-300)
+    assert _fused.log_positive(np.array([1.0]))[0] == 0.0
+
+
+def test_numba_loads_on_the_first_e_step_not_on_import():
     code = (
         "import sys, numpy as np, dask_gmm\n"
         "assert 'numba' not in sys.modules\n"
         "X = np.random.default_rng(0).normal(size=(200, 2))\n"
         "dask_gmm.GaussianMixture(2, covariance_type='diag', max_iter=2).fit(X)\n"
-        "assert 'numba' not in sys.modules\n"
-        "dask_gmm.GaussianMixture(2, covariance_type='full', max_iter=2).fit(X)\n"
         "assert 'numba' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True)

@@ -6,7 +6,7 @@ from scipy.special import logsumexp
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from dask_gmm import _estep
-from dask_gmm._estep import RowBlock, log_resp_and_norm, responsibilities, weighted_log_prob
+from dask_gmm._estep import RowBlock, responsibilities, weighted_log_prob
 from dask_gmm._mstep import (
     Params,
     covariances_from_cholesky,
@@ -15,6 +15,7 @@ from dask_gmm._mstep import (
     precision_cholesky_from_precisions,
     precisions_from_cholesky,
 )
+from dask_gmm._predict import log_resp_and_norm
 from dask_gmm._requests import (
     EStep,
     HardAssignment,

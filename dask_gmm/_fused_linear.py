@@ -1,0 +1,376 @@
+"""Compiled (numba) tile kernels for tied, diagonal and spherical covariances, and
+for the prediction pass of every covariance type.
+
+For these three types a row's log density is linear in a few features of the
+row (with ``y`` the row minus the chunk's shift, ``p`` the precisions):
+
+- diag: ``F = [y, y*y]`` (``2D``), since ``-(y - m)^2 p / 2 = y (p m) - y^2 p / 2 - m^2 p / 2``;
+- spherical: ``F = [y, |y|^2]`` (``D + 1``);
+- tied: ``F = [z, |z|^2]`` with ``z = U^T y`` the whitened row (``D + 1``).
+
+So a tile's log densities are one BLAS product ``coef @ F`` plus a constant per
+component (the expanded forms of the numpy kernels in ``_estep``), and for diag
+and spherical the M-step sums ``[s1, s2]`` are one more product ``R @ F^T`` of
+the responsibilities with the same features. Tied sums ``R @ y^T`` and the
+weighted ``y y^T`` of the tile. Rows are read as stored (float32 stays
+float32 in memory), tiles stay in cache, and nothing of size ``n x K`` is kept
+beyond a tile. :func:`predict_rows` gives labels, probabilities and scores of
+every covariance type in one pass; full covariances there whiten as
+``_fused.full_e_step`` does.
+
+Results agree with the numpy kernels to rounding (tests compare them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._estep import log_det_cholesky
+from ._fused import _FASTMATH, _exp_nonpositive, compiled, normalise_tile, tile_rows
+
+DIAG, SPHERICAL, TIED, FULL = 0, 1, 2, 3
+KINDS = {"diag": DIAG, "spherical": SPHERICAL, "tied": TIED, "full": FULL}
+# Rows per tile of the linear kernels: their tiles are narrow, and BLAS calls on
+# a few hundred rows cost more in overhead than in arithmetic.
+LINEAR_TILE_ROWS = 256
+
+
+@compiled(fastmath=_FASTMATH)
+def _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m):
+    """Weighted log densities ``(K, n_tile)`` of a tile's rows into ``resp``.
+
+    Parameters
+    ----------
+    kind : int
+        DIAG, SPHERICAL, TIED or FULL.
+    y_t : ndarray of shape (D, n_tile)
+        The rows minus the shift, transposed; columns ``m..`` hold finite stale rows.
+    whiten : ndarray
+        TIED: ``U^T`` (D, D); FULL: the stacked ``[U_1 ... U_K]^T`` (K D, D);
+        otherwise unused.
+    coef : ndarray
+        FULL: the offsets ``(mean_k - shift) @ U_k`` (K, D); otherwise the
+        linear coefficients (K, P) of the features.
+    const, cap : ndarray of shape (K,)
+        Added to each component's density; ``cap`` bounds it (a squared
+        distance is never negative, whatever the rounding of an expanded form).
+    z_t, f_t : ndarray
+        Work buffers: the whitened rows (TIED: (D, n_tile); FULL: (K D, n_tile))
+        and the features (P, n_tile).
+    resp : ndarray of shape (K, n_tile)
+    shifted : ndarray of shape (n_tile,)
+    m : int
+        Real rows of the tile.
+    """
+    n_features, n_tile = y_t.shape
+    n_components = resp.shape[0]
+    if kind == FULL:
+        np.dot(whiten, y_t, z_t)
+        for k in range(n_components):
+            for r in range(n_tile):
+                shifted[r] = 0.0
+            for j in range(n_features):
+                c = coef[k, j]
+                row = k * n_features + j
+                for r in range(n_tile):
+                    v = z_t[row, r] - c
+                    shifted[r] += v * v
+            lc = const[k]
+            for r in range(n_tile):
+                resp[k, r] = lc - 0.5 * shifted[r]
+        return
+    if kind == DIAG:
+        for i in range(n_features):
+            for r in range(m):
+                v = y_t[i, r]
+                f_t[i, r] = v
+                f_t[n_features + i, r] = v * v
+    else:
+        source = y_t
+        if kind == TIED:
+            np.dot(whiten, y_t, z_t)
+            source = z_t
+        for r in range(m):
+            shifted[r] = 0.0
+        for i in range(n_features):
+            for r in range(m):
+                v = source[i, r]
+                f_t[i, r] = v
+                shifted[r] += v * v
+        for r in range(m):
+            f_t[n_features, r] = shifted[r]
+    np.dot(coef, f_t, resp)
+    for k in range(n_components):
+        c = const[k]
+        top = cap[k]
+        for r in range(n_tile):
+            resp[k, r] = min(resp[k, r] + c, top)
+
+
+@compiled(fastmath=_FASTMATH)
+def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums, moments):
+    """E-step of tied, diag or spherical covariances, adding the sums in place.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float32 or float64, C-contiguous
+        Finite rows, read as they are.
+    shift : ndarray of shape (D,)
+    w : ndarray of shape (n,) or (0,)
+        Sample weights; an empty array for none.
+    kind : int
+        DIAG, SPHERICAL or TIED.
+    whiten, coef, const, cap : ndarray
+        As :func:`_log_densities` takes them (see :func:`kernel_inputs`).
+    n_tile : int
+        Rows per tile.
+    nk : ndarray of shape (K,)
+        Adds ``sum w r_k``.
+    sums : ndarray of shape (K, P)
+        DIAG and SPHERICAL: adds ``sum w r_k F`` (``[s1, s2]``); TIED: shape
+        (K, D), adds ``sum w r_k y`` (``s1``).
+    moments : ndarray of shape (D, D) or (0, 0)
+        TIED: adds ``sum w y y^T``.
+
+    Returns
+    -------
+    float
+        ``sum w log p(y)`` over the rows.
+    """
+    n, n_features = X.shape
+    n_components, n_coef = coef.shape
+    weighted = w.shape[0] > 0
+    y_t = np.zeros((n_features, n_tile))
+    f_t = np.zeros((n_coef, n_tile))
+    z_t = np.zeros((n_features if kind == TIED else 0, n_tile))
+    yw_t = np.zeros((n_features if kind == TIED else 0, n_tile))
+    resp = np.empty((n_components, n_tile))
+    top = np.empty(n_tile)
+    total = np.empty(n_tile)
+    shifted = np.empty(n_tile)
+    expo = np.empty(n_tile)
+    sums_tile = np.empty(sums.shape)
+    moments_tile = np.empty(moments.shape)
+    log_likelihood = 0.0
+    for start in range(0, n, n_tile):
+        m = min(n_tile, n - start)
+        for r in range(m):
+            for i in range(n_features):
+                y_t[i, r] = X[start + r, i] - shift[i]
+        _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
+        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo)
+        for k in range(n_components):
+            acc = 0.0
+            for r in range(n_tile):
+                acc += resp[k, r]
+            nk[k] += acc
+        if kind == TIED:
+            np.dot(resp, y_t.T, sums_tile)
+            for i in range(n_features):
+                for r in range(m):
+                    yw_t[i, r] = y_t[i, r] * w[start + r] if weighted else y_t[i, r]
+                for r in range(m, n_tile):
+                    yw_t[i, r] = 0.0
+            np.dot(yw_t, y_t.T, moments_tile)
+            moments += moments_tile
+        else:
+            np.dot(resp, f_t.T, sums_tile)
+        sums += sums_tile
+    return log_likelihood
+
+
+@compiled(fastmath=_FASTMATH)
+def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba, scores):
+    """Labels, probabilities and log-likelihoods of rows, for any covariance type.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D), float32 or float64, C-contiguous
+        Finite rows.
+    shift : ndarray of shape (D,)
+    kind, whiten, coef, const, cap :
+        As :func:`_log_densities` takes them (see :func:`kernel_inputs`).
+    n_tile : int
+    labels : ndarray of shape (n,) or (0,), int64
+        Receives the most likely component (the first of equals); empty to skip.
+    proba : ndarray of shape (n, K) or (0, K)
+        Receives the responsibilities (any float dtype); empty to skip.
+    scores : ndarray of shape (n,) or (0,), any float dtype
+        Receives ``log p(x)``; empty to skip.
+    """
+    n, n_features = X.shape
+    n_components = const.shape[0]
+    want_labels, want_proba, want_scores = (labels.shape[0] > 0, proba.shape[0] > 0,
+                                            scores.shape[0] > 0)
+    y_t = np.zeros((n_features, n_tile))
+    f_t = np.zeros((coef.shape[1] if kind != FULL else 0, n_tile))
+    z_t = np.zeros((whiten.shape[0] if kind in (TIED, FULL) else 0, n_tile))
+    resp = np.empty((n_components, n_tile))
+    top = np.empty(n_tile)
+    total = np.empty(n_tile)
+    shifted = np.empty(n_tile)
+    expo = np.empty(n_tile)
+    scale = np.empty(n_tile, dtype=np.int64)
+    best = np.empty(n_tile, dtype=np.int64)
+    for start in range(0, n, n_tile):
+        m = min(n_tile, n - start)
+        for r in range(m):
+            for i in range(n_features):
+                y_t[i, r] = X[start + r, i] - shift[i]
+        _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
+        for r in range(n_tile):
+            top[r] = resp[0, r]
+            best[r] = 0
+        for k in range(1, n_components):
+            for r in range(n_tile):
+                if resp[k, r] > top[r]:
+                    top[r] = resp[k, r]
+                    best[r] = k
+        for r in range(n_tile):
+            if not top[r] > -np.inf:
+                top[r] = 0.0
+            total[r] = 0.0
+        for k in range(n_components):
+            for r in range(n_tile):
+                shifted[r] = resp[k, r] - top[r]
+            _exp_nonpositive(shifted, expo, scale, n_tile)
+            for r in range(n_tile):
+                resp[k, r] = expo[r]
+                total[r] += expo[r]
+        if want_labels:
+            for r in range(m):
+                labels[start + r] = best[r]
+        if want_scores:
+            for r in range(m):
+                scores[start + r] = top[r] + math.log(total[r])
+        if want_proba:
+            for r in range(m):
+                inverse = 1.0 / total[r]
+                for k in range(n_components):
+                    proba[start + r, k] = resp[k, r] * inverse
+
+
+def kernel_inputs(params, shift):
+    """What the compiled kernels take for ``params`` about ``shift``.
+
+    Returns
+    -------
+    kind : int
+    whiten : ndarray
+        TIED: ``U^T`` (D, D); FULL: the stacked whitening (K D, D); else (0, 0).
+    coef : ndarray
+        FULL: offsets (K, D); else feature coefficients (K, P).
+    const, cap : ndarray of shape (K,)
+    """
+    means = params.means - shift
+    n_components, n_features = means.shape
+    kind = KINDS[params.covariance_type]
+    prec_chol = params.prec_chol
+    log_const = params.log_mixing()
+    log_const += log_det_cholesky(prec_chol, params.covariance_type, n_features)
+    log_const -= 0.5 * n_features * math.log(2 * math.pi)
+    log_const = np.broadcast_to(log_const, (n_components,)).copy()
+    whiten = np.zeros((0, 0))
+    if kind == FULL:
+        whiten = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(-1, n_features))
+        coef = np.einsum("kd,kde->ke", means, prec_chol)
+        return kind, whiten, np.ascontiguousarray(coef), log_const, log_const.copy()
+    if kind == DIAG:
+        precisions = prec_chol**2
+        coef = np.hstack([means * precisions, -0.5 * precisions])
+        quadratic = np.einsum("kd,kd->k", means * means, precisions)
+    elif kind == SPHERICAL:
+        precisions = prec_chol**2
+        coef = np.hstack([means * precisions[:, None], -0.5 * precisions[:, None]])
+        quadratic = precisions * np.einsum("kd,kd->k", means, means)
+    else:
+        whiten = np.ascontiguousarray(prec_chol.T)
+        whitened_means = means @ prec_chol
+        coef = np.hstack([whitened_means, np.full((n_components, 1), -0.5)])
+        quadratic = np.einsum("kd,kd->k", whitened_means, whitened_means)
+    return (kind, whiten, np.ascontiguousarray(coef), log_const - 0.5 * quadratic,
+            log_const)
+
+
+def _weights(w):
+    return np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+
+
+def e_step(block, params, stats, cache=None):
+    """One row block's E-step and M-step sums into ``stats`` (any covariance type).
+
+    Parameters
+    ----------
+    block : RowBlock
+    params : Params
+    stats : SuffStats
+        About the chunk's shift; ``nk``, ``s1``, ``s2``, ``n`` and ``rows`` are added to.
+    cache : dict or None
+        Keeps :func:`kernel_inputs` for the next block of the same chunk.
+
+    Returns
+    -------
+    float
+        The block's ``sum w log p(x)``.
+    """
+    from . import _fused
+
+    inputs = None if cache is None else cache.get("inputs")
+    if inputs is None:
+        inputs = kernel_inputs(params, stats.shift)
+        if cache is not None:
+            cache["inputs"] = inputs
+    kind, whiten, coef, const, cap = inputs
+    rows = np.ascontiguousarray(block.rows)
+    w = _weights(block.w)
+    stats.n += block.total_weight()
+    stats.rows += block.n
+    n_components, n_features = params.means.shape
+    if kind == FULL:
+        return _fused.full_e_step(rows, stats.shift, w, whiten, coef, const,
+                                  tile_rows(n_components, n_features),
+                                  stats.nk, stats.s1, stats.s2)
+    n_tile = LINEAR_TILE_ROWS
+    if kind == TIED:
+        return linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap, n_tile,
+                             stats.nk, stats.s1, stats.s2)
+    sums = np.zeros(coef.shape)
+    log_likelihood = linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap,
+                                   n_tile, stats.nk, sums, np.zeros((0, 0)))
+    stats.s1 += sums[:, :n_features]
+    stats.s2 += sums[:, n_features:].reshape(stats.s2.shape)
+    return log_likelihood
+
+
+def prediction_tile_rows(params):
+    """Rows per tile of :func:`predict_rows` under ``params``."""
+    n_components, n_features = params.means.shape
+    if params.covariance_type == "full":
+        return tile_rows(n_components, n_features)
+    return LINEAR_TILE_ROWS
+
+
+def predict(rows, params, shift, labels=None, proba=None, scores=None):
+    """Labels, probabilities and scores of finite rows in one pass, into the arrays given.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D)
+    params : Params
+    shift : ndarray of shape (D,)
+        A point near the rows (the chunk's shift).
+    labels : ndarray of shape (n,), int64, or None
+    proba : ndarray of shape (n, K), C-contiguous, any float dtype, or None
+    scores : ndarray of shape (n,), any float dtype, or None
+        Each output given is filled; None skips it.
+    """
+    kind, whiten, coef, const, cap = kernel_inputs(params, shift)
+    n_components = len(const)
+    rows = rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
+    predict_rows(np.ascontiguousarray(rows), np.asarray(shift, dtype=np.float64), kind,
+                 whiten, coef, const, cap, prediction_tile_rows(params),
+                 np.empty(0, dtype=np.int64) if labels is None else labels,
+                 np.empty((0, n_components)) if proba is None else proba,
+                 np.empty(0) if scores is None else scores)

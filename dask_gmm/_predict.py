@@ -1,0 +1,179 @@
+"""Per-sample outputs of a fitted mixture: labels, probabilities, log-likelihoods.
+
+:func:`row_outputs` gives every asked output of a block of rows from one pass
+of the compiled prediction kernel (``_fused_linear.predict``); rows missing
+some features under ``nan_policy='marginalize'`` are scored on their observed
+features. The ``*_block`` functions apply it to the blocks of ``map_blocks``
+(sample dims first, features last). :func:`log_resp_and_norm` is the numpy
+route, kept as the reference the kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._estep import (
+    RowBlock,
+    RowPlace,
+    block_rows,
+    chunk_shift,
+    params_row_width,
+    row_blocks,
+    screen_rows,
+    weighted_log_prob,
+)
+from ._missing import IncompleteRows, marginal_terms
+
+
+def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="raise",
+                      place=None):
+    """Log responsibilities and per-row log-likelihood for one block of rows.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    params : Params
+    row_start, chunk_index : int
+        Where ``X`` sits in the whole input, for error messages.
+    nan_policy : {'raise', 'omit', 'marginalize'}
+        'omit': rows holding NaN get NaN outputs instead of an error;
+        'marginalize': rows missing some features are scored on the others.
+    place : RowPlace or None
+        Where ``X`` sits, instead of ``row_start`` and ``chunk_index``.
+
+    Returns
+    -------
+    log_resp : ndarray of shape (n, K), float64
+    log_norm : ndarray of shape (n,), float64
+    """
+    n = X.shape[0]
+    if place is None:
+        place = RowPlace((row_start,), chunk_index=chunk_index)
+    shift = chunk_shift(X)
+    log_resp = np.full((n, len(params.weights)), np.nan)
+    log_norm = np.full(n, np.nan)
+    for start, rows, _ in row_blocks(X, None, block_rows(params_row_width(params))):
+        complete, _, kept = screen_rows(rows, None, nan_policy != "raise", start, place)
+        with np.errstate(invalid="ignore", over="ignore"):
+            wlp = weighted_log_prob(RowBlock(complete, shift, None, start), params, shift)
+        at = np.arange(start, start + len(complete)) if kept is None else start + kept
+        _store_log_resp(wlp, at, log_resp, log_norm)
+        if nan_policy == "marginalize" and kept is not None:
+            incomplete = IncompleteRows.from_block(rows, None, kept)
+            if incomplete.n:
+                wlp = marginal_terms(incomplete.rows, incomplete.missing,
+                                     incomplete.groups, params, shift).log_prob.copy()
+                _store_log_resp(wlp, start + incomplete.positions, log_resp, log_norm)
+    return log_resp, log_norm
+
+
+def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
+    """Labels, probabilities and log-likelihoods of a block of rows, from one pass.
+
+    Complete rows go through the compiled prediction kernel (``_fused_linear``);
+    under 'marginalize' rows missing some features are scored on the others.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    params : Params
+    names : collection of str
+        Among ``'labels'``, ``'proba'``, ``'score_samples'``.
+    dtype : numpy dtype
+        Of the probabilities and scores.
+    nan_policy : {'raise', 'omit', 'marginalize'}
+        Rows left out get label -1 and NaN probabilities and scores.
+    place : RowPlace or None
+        Where ``X`` sits, for messages.
+
+    Returns
+    -------
+    dict
+        ``labels`` (n,) int64, ``proba`` (n, K), ``score_samples`` (n,): those asked.
+    """
+    from . import _fused_linear
+
+    n, n_features = X.shape
+    place = place or RowPlace()
+    shift = chunk_shift(X)
+    out = {}
+    if "labels" in names:
+        out["labels"] = np.full(n, -1, dtype=np.int64)
+    if "proba" in names:
+        out["proba"] = np.full((n, len(params.weights)), np.nan, dtype=dtype)
+    if "score_samples" in names:
+        out["score_samples"] = np.full(n, np.nan, dtype=dtype)
+    for start, rows, _ in row_blocks(X, None, block_rows(n_features)):
+        complete, _, kept = screen_rows(rows, None, nan_policy != "raise", start, place)
+        if kept is None:  # every row complete: the kernel writes in place
+            at = slice(start, start + len(rows))
+            _fused_linear.predict(complete, params, shift, *(
+                out[name][at] if name in out else None
+                for name in ("labels", "proba", "score_samples")))
+        elif len(complete):
+            found = {name: np.empty((len(complete),) + value.shape[1:], value.dtype)
+                     for name, value in out.items()}
+            _fused_linear.predict(complete, params, shift, *(
+                found.get(name) for name in ("labels", "proba", "score_samples")))
+            for name, value in found.items():
+                out[name][start + kept] = value
+        if nan_policy == "marginalize" and kept is not None:
+            incomplete = IncompleteRows.from_block(rows, None, kept)
+            if incomplete.n:
+                wlp = marginal_terms(incomplete.rows, incomplete.missing,
+                                     incomplete.groups, params, shift).log_prob.copy()
+                log_resp, log_norm = np.empty_like(wlp), np.empty(len(wlp))
+                _store_log_resp(wlp, slice(None), log_resp, log_norm)
+                at = start + incomplete.positions
+                if "labels" in out:
+                    out["labels"][at] = log_resp.argmax(axis=1)
+                if "proba" in out:
+                    out["proba"][at] = np.exp(log_resp)
+                if "score_samples" in out:
+                    out["score_samples"][at] = log_norm
+    return out
+
+
+def _store_log_resp(wlp, at, log_resp, log_norm):
+    """Normalise weighted log densities ``wlp`` into rows ``at`` of the outputs."""
+    top = wlp.max(axis=1)
+    top[~np.isfinite(top)] = 0.0
+    with np.errstate(divide="ignore"):
+        norm = np.log(np.exp(wlp - top[:, None]).sum(axis=1)) + top
+    log_norm[at] = norm
+    log_resp[at] = wlp - norm[:, None]
+
+
+def _block_place(block, block_info):
+    """Where a ``map_blocks`` block sits, for messages."""
+    if not block_info:
+        return RowPlace()
+    info = block_info[0]
+    origin = tuple(loc[0] for loc in info["array-location"][:-1])
+    location = tuple(info["chunk-location"][:-1])
+    return RowPlace(origin, block.shape[:-1], tuple(info["shape"][:-1]),
+                    location[0] if len(location) == 1 else location)
+
+
+def block_outputs(X, params, names, dtype, nan_policy="raise", block_info=None):
+    """:func:`row_outputs` of a block of samples ``(..., D)``, on its sample shape."""
+    rows = X.reshape(-1, X.shape[-1])
+    out = row_outputs(rows, params, names, dtype, nan_policy, _block_place(X, block_info))
+    return {name: value.reshape(X.shape[:-1] + value.shape[1:])
+            for name, value in out.items()}
+
+
+def predict_block(X, params, nan_policy="raise", block_info=None):
+    """Most likely component of each sample, int64; -1 where a sample is left out."""
+    return block_outputs(X, params, ("labels",), np.float64, nan_policy, block_info)["labels"]
+
+
+def predict_proba_block(X, params, dtype, nan_policy="raise", block_info=None):
+    """Responsibilities of each sample, shape ``(..., K)``, in ``dtype``; NaN where masked."""
+    return block_outputs(X, params, ("proba",), dtype, nan_policy, block_info)["proba"]
+
+
+def score_samples_block(X, params, dtype, nan_policy="raise", block_info=None):
+    """Log-likelihood of each sample, shape ``(...)``, in ``dtype``; NaN where masked."""
+    return block_outputs(X, params, ("score_samples",), dtype, nan_policy,
+                         block_info)["score_samples"]
