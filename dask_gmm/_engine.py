@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._estep import RowPlace
 from ._requests import TakeRows, chunk_pass
@@ -415,6 +415,20 @@ def _in_order(parts, order, n_features, dtype):
     return out
 
 
+_CONTROLLER = []
+
+
+def one_blas_thread():
+    """A context in which BLAS runs one thread (threadpoolctl's ``limit``).
+
+    The controller is made once per process: ``threadpool_limits`` scans every
+    loaded library on each call, which cost 3 ms a round once numba was loaded.
+    """
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
 def compute(*collections):
     """``dask.compute`` with BLAS held to one thread meanwhile.
 
@@ -424,7 +438,7 @@ def compute(*collections):
     distributed cluster the work runs in the workers, whose BLAS dask already
     limits, and the limit here is harmless.
     """
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         return dask.compute(*collections)
 
 
@@ -470,7 +484,7 @@ def run_together(data, steps, on_round=None, isolate=(Exception,), fatal=()):
     # and they took the cores from the next round's chunk tasks (measured:
     # 0.145 against 0.107 s per full iteration at N=1e6, D=16, K=8 on 2 cores).
     # The client's work between rounds is small (K factorisations of D x D).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         return _drive(data, steps, on_round, isolate, fatal)
 
 

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from ._engine import HeldBlocks, active_client, flat_keys
+from ._engine import HeldBlocks, active_client, flat_keys, one_blas_thread
 
 logger = logging.getLogger("dask_gmm")
 
@@ -189,7 +188,7 @@ def rows_for_fit(data, client=None):
     if not plan.persist:
         yield data
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         arrays = [data.array] + ([data.weights] if data.weights is not None else [])
         persisted = dask.persist(*arrays)
         held = [_block_values(a) for a in persisted] if client is None else [None]

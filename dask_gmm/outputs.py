@@ -25,7 +25,7 @@ import dask
 import numpy as np
 
 from . import paths
-from ._engine import join_features
+from ._engine import join_features, one_blas_thread
 from ._estep import RowPlace
 from ._predict import row_outputs
 from ._xarray import xarray_kind
@@ -252,12 +252,11 @@ def run_chunk_tasks(tasks, on_done, client=None, window=None):
     threads = 1 if dask.config.get("scheduler", None) in ("sync", "single-threaded") \
         else (os.cpu_count() or 1)
     window = window or 2 * threads
-    from threadpoolctl import threadpool_limits
 
     executor = concurrent.futures.ThreadPoolExecutor(threads)
     running = {}
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with one_blas_thread():
             queue = iter(enumerate(tasks))
             for i, task in queue:
                 running[executor.submit(task.compute, scheduler="sync")] = i
