@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._engine import (
     ChunkedRows,
     check_chunks_fit_workers,
+    in_memory_rows,
     join_features,
     run_together,
 )
@@ -63,7 +64,7 @@ def prepare_rows(X, lazy, sample_weight, layout=None, nan_policy="raise"):
     if not lazy:
         n_samples, n_features = X.shape
         rows = numpy_row_chunks(n_samples, n_features, X.dtype.itemsize)
-        X = da.from_array(X, chunks=(rows, n_features))
+        X = in_memory_rows(X, rows)
         if sample_weight is not None:
             sample_weight = da.from_array(sample_weight, chunks=(X.chunks[0],))
     return ChunkedRows(X, sample_weight, omit_nan=nan_policy != "raise",

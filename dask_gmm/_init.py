@@ -5,8 +5,9 @@ at most a few times through the same chunk/combine engine as EM:
 
 - ``'kmeans'``: k-means on a random sample of rows (scikit-learn's ``KMeans``,
   seeded with k-means++), then Lloyd steps over all chunks until the centers
-  settle, then one pass of hard-assignment statistics whose M-step gives the
-  initial weights, means and covariances.
+  settle; the last step's hard-assignment statistics (second moments
+  included) give the initial weights, means and covariances by one M-step.
+  Data no larger than the sample get that one statistics pass alone.
 - ``'k-means++'``: k-means++ seeds picked from the sample become the means.
 - ``'random_from_data'``: randomly chosen rows become the means.
 - ``'random'``: random responsibilities per row (one seed drawn up front, one
@@ -167,10 +168,14 @@ def _kmeans_stats(data, n_components, covariance_type, random_state):
     sample, whole = yield from _sample(data, n_components, random_state)
     km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
     centers = km.fit(sample).cluster_centers_
+    stats = None
     if not whole:
+        # Every Lloyd pass brings the second moments too: once the centers have
+        # settled, the last pass's sums are the initial estimate and no pass of
+        # their own is needed.
         tol = KMEANS_TOL * sample.var(axis=0).mean()
         for n_pass in range(1, KMEANS_MAX_PASSES + 1):
-            stats = yield HardAssignment(centers, covariance_type, second_moments=False)
+            stats = yield HardAssignment(centers, covariance_type)
             filled = stats.nk > 0
             new_centers = centers.copy()
             new_centers[filled] = (stats.shift + stats.s1[filled]
@@ -180,7 +185,9 @@ def _kmeans_stats(data, n_components, covariance_type, random_state):
             logger.debug("k-means pass %d: centers moved %.3g", n_pass, moved)
             if moved <= tol:
                 break
-    stats = yield HardAssignment(centers, covariance_type)
+            stats = None
+    if stats is None:
+        stats = yield HardAssignment(centers, covariance_type)
     if data.omit_nan:
         check_kept_rows(stats.rows, n_components, data.shape[0])
     return stats

@@ -190,28 +190,16 @@ class HardAssignment(PassRequest):
         self.second_moments = second_moments
 
     def row_width(self):
-        n_components, n_features = self.centers.shape
-        if self.covariance_type == "full" and self.second_moments:
-            return max(n_components, n_features * (n_features + 1) // 2)
-        return max(n_components, n_features)
+        return self.centers.shape[1]  # the compiled kernel works in tiles
 
     def empty(self, n_features, shift):
         return empty_stats(len(self.centers), n_features, self.covariance_type, shift,
                            self.second_moments)
 
     def accumulate(self, block, stats, context=None):
-        centers = self.centers - stats.shift
-        Y = block.Y
-        dist = Y @ centers.T
-        dist *= -2.0
-        dist += np.einsum("kd,kd->k", centers, centers)
-        labels = dist.argmin(axis=1)
-        rows = np.arange(block.n)
-        closest = dist[rows, labels] + np.einsum("nd,nd->n", Y, Y)
-        R = np.zeros((block.n, len(centers)))
-        R[rows, labels] = 1.0
-        accumulate(stats, block, R)
-        return -weighted_sum(closest, block.w)
+        from . import _fused_kmeans
+
+        return _fused_kmeans.hard_assignment_step(block, self.centers, stats)
 
 
 class RandomResponsibilities(PassRequest):

@@ -200,3 +200,43 @@ def test_kernels_compile_where_numba_cannot_keep_a_cache():
     with pytest.raises(RuntimeError, match="cannot cache"):
         numba.njit(cache=True)(namespace["double"])
     assert _fused.compiled()(namespace["double"])(21) == 42
+
+
+def numpy_hard_assignment(X, centers, covariance_type, w=None, second_moments=True):
+    """The numpy route of a k-means step: one-hot responsibilities, then the sums."""
+    shift = chunk_shift(X)
+    stats = empty_stats(len(centers), X.shape[1], covariance_type, shift, second_moments)
+    block = RowBlock(np.asarray(X, dtype=np.float64), shift, w, 0)
+    distances = ((block.Y[:, None, :] - (centers - shift)[None]) ** 2).sum(axis=2)
+    labels = distances.argmin(axis=1)
+    R = np.zeros((len(X), len(centers)))
+    R[np.arange(len(X)), labels] = 1.0
+    accumulate(stats, block, R)
+    closest = distances[np.arange(len(X)), labels]
+    stats.log_likelihood = -float(closest.sum() if w is None else closest @ w)
+    return stats
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_rows", [0, 1, 9, 700])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_hard_assignment_equals_numpy(covariance_type, n_rows, dtype, weighted):
+    from dask_gmm._requests import HardAssignment
+
+    rng = np.random.default_rng(20 + n_rows)
+    centers = rng.normal(size=(4, 5)) * 4 + 100.0
+    X = (centers[rng.integers(0, 4, n_rows)] + rng.normal(size=(n_rows, 5))).astype(dtype)
+    w = rng.uniform(0, 2, n_rows) if weighted else None
+    for second_moments in (True, False):
+        ours = chunk_pass(X, [HardAssignment(centers, covariance_type, second_moments)],
+                          sample_weight=w)[0]
+        reference = numpy_hard_assignment(X, centers, covariance_type, w, second_moments)
+        np.testing.assert_array_equal(ours.nk, reference.nk)
+        np.testing.assert_allclose(ours.s1, reference.s1, rtol=1e-11, atol=1e-9)
+        if second_moments:
+            np.testing.assert_allclose(ours.s2, reference.s2, rtol=1e-11, atol=1e-9)
+        else:
+            assert ours.s2 is None
+        assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-11,
+                                                    abs=1e-9)
