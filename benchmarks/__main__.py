@@ -10,7 +10,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["em_iteration", "bayesian", "missing", "sweep", "out_of_core", "cube",
+BENCHMARKS = ["em_iteration", "kmeans", "bayesian", "missing", "sweep", "out_of_core", "cube",
               "cluster", "cloud", "scale", "spark"]
 
 

@@ -1,0 +1,227 @@
+"""A Gaussian mixture against k-means: per-iteration cost, prediction, the whole fit.
+
+Everything is measured in one process on the same data, and reported as a ratio
+to its peer from the same run:
+
+- an EM iteration of each covariance type against one Lloyd iteration of
+  scikit-learn's ``KMeans`` (from a poor start, so that every iteration runs);
+- at D=64, K=64, against this machine's matrix-multiply bound (the flops an
+  iteration needs at the rate of a large square product);
+- a prediction pass (labels, probabilities and scores of every row at once,
+  what ``dask-gmm predict`` computes per chunk) against one EM iteration;
+- a whole default fit (``GaussianMixture(n_components=8).fit(X)``) against
+  scikit-learn's whole default fit, with both final lower bounds;
+- wide data: full covariances at D=256 against scikit-learn per iteration.
+
+Our per-iteration time is the median of the iterations of a 10-iteration fit
+(``tol=0``), read from the ``dask_gmm`` log; scikit-learn's from fits of 1 and 4
+iterations (the difference over 3). Input: a numpy array, the threaded scheduler.
+
+Run: ``python -m benchmarks.bench_kmeans [--quick]``; writes its tables into
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+
+import dask
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+
+from dask_gmm import GaussianMixture
+from dask_gmm._engine import one_blas_thread
+from dask_gmm.outputs import OUTPUTS, predict_chunk
+
+from ._common import IterationTimes, machine_summary, write_section
+from .bench_em_iteration import (
+    COVARIANCE_TYPES,
+    make_data,
+    matmul_rate,
+    per_iteration,
+    starting_point,
+)
+
+TARGETS = {"full": 4.0, "tied": 2.5, "diag": 2.0, "spherical": 2.0}
+
+
+def lloyd_iteration(X, n_clusters, repeats=3):
+    """Seconds per Lloyd iteration of scikit-learn's KMeans, from a start far from the data."""
+    start = X[:n_clusters] * 0.01  # every center near the origin: many iterations to go
+
+    def fit(n_iter):
+        km = KMeans(n_clusters, init=start, n_init=1, max_iter=n_iter, tol=0,
+                    algorithm="lloyd")
+        began = time.perf_counter()
+        km.fit(X)
+        return time.perf_counter() - began, km.n_iter_
+
+    fit(2)
+    short = min(fit(2)[0] for _ in range(repeats))
+    long_runs = [fit(12) for _ in range(repeats)]
+    if any(n_iter < 12 for _, n_iter in long_runs):
+        raise RuntimeError("k-means converged before 12 iterations: pick a poorer start")
+    return (min(t for t, _ in long_runs) - short) / 10
+
+
+def em_iteration(X, n_components, covariance_type, inits, n_iter=10):
+    """Median seconds of the EM iterations of one fit (from the dask_gmm log)."""
+    handler = IterationTimes()
+    logger = logging.getLogger("dask_gmm")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = GaussianMixture(n_components, covariance_type=covariance_type,
+                                    max_iter=n_iter, tol=0, **inits).fit(X)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return float(np.median(handler.seconds)), model
+
+
+def prediction_pass(model, X, chunk_rows=62_500):
+    """Seconds for labels, probabilities and scores of every row (one task per chunk)."""
+    params = model._current_params()
+    tasks = [dask.delayed(predict_chunk)(X[start:start + chunk_rows], params, OUTPUTS,
+                                         X.dtype, start)
+             for start in range(0, len(X), chunk_rows)]
+    best = np.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        with one_blas_thread():
+            dask.compute(*tasks, scheduler="threads")
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def iteration_flops(covariance_type, n_samples, n_features, n_components):
+    """The flops an EM iteration needs as products (the bound the issue names)."""
+    if covariance_type == "full":
+        return 4 * n_samples * n_components * n_features**2
+    return 8 * n_samples * n_components * n_features
+
+
+def versus_kmeans(n_samples, quick):
+    X, means = make_data(n_samples, 16, 8)
+    lloyd = lloyd_iteration(X, 8)
+    print(f"Lloyd iteration: {lloyd:.4f}s", flush=True)
+    rows = []
+    for covariance_type in COVARIANCE_TYPES:
+        inits = starting_point(X, means, covariance_type)
+        seconds, model = em_iteration(X, 8, covariance_type, inits)
+        predict = prediction_pass(model, X)
+        rows.append((covariance_type, seconds, predict))
+        print(f"{covariance_type:9s} EM {seconds:.4f}s = {seconds / lloyd:.2f}x Lloyd; "
+              f"prediction pass {predict:.4f}s = {predict / seconds:.2f}x an iteration",
+              flush=True)
+    lines = [
+        f"N={n_samples:,}, D=16, K=8, numpy input, threaded scheduler. One Lloyd iteration "
+        f"of scikit-learn's KMeans: **{lloyd * 1e3:.1f} ms**. Targets (issue 16): EM "
+        "iteration full <= 4x, tied <= 2.5x, diag and spherical <= 2x a Lloyd iteration; "
+        "a prediction pass (labels + probabilities + scores) <= 1.2x an EM iteration.",
+        "",
+        "| covariance | EM ms/iter | x Lloyd | target | prediction pass ms | x EM iteration |",
+        "|---|---|---|---|---|---|",
+    ]
+    for covariance_type, seconds, predict in rows:
+        lines.append(f"| {covariance_type} | {seconds * 1e3:.1f} | {seconds / lloyd:.2f} | "
+                     f"<= {TARGETS[covariance_type]} | {predict * 1e3:.1f} | "
+                     f"{predict / seconds:.2f} |")
+    return lines
+
+
+def versus_matmul(n_samples, rate):
+    X, means = make_data(n_samples, 64, 64)
+    lines = [
+        f"N={n_samples:,}, D=64, K=64, numpy input. Bound: the products an iteration needs "
+        f"(full: 4·N·K·D² flops; the others: 8·N·K·D) at this run's matrix-multiply rate, "
+        f"{rate:.0f} GFLOP/s. Target (issue 16): within 2x of it.",
+        "",
+        "| covariance | EM s/iter | bound s | x bound |",
+        "|---|---|---|---|",
+    ]
+    for covariance_type in COVARIANCE_TYPES:
+        inits = starting_point(X, means, covariance_type)
+        seconds, _ = em_iteration(X, 64, covariance_type, inits, n_iter=4)
+        bound = iteration_flops(covariance_type, n_samples, 64, 64) / (rate * 1e9)
+        lines.append(f"| {covariance_type} | {seconds:.3f} | {bound:.3f} | "
+                     f"{seconds / bound:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def whole_fit(n_samples):
+    X, _ = make_data(n_samples, 16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        GaussianMixture(8, max_iter=2).fit(X[:20_000])  # compile the kernels first
+    began = time.perf_counter()
+    ours = GaussianMixture(8).fit(X)
+    t_ours = time.perf_counter() - began
+    began = time.perf_counter()
+    theirs = SklearnGaussianMixture(8).fit(X)
+    t_theirs = time.perf_counter() - began
+    print(f"whole fit: ours {t_ours:.2f}s, scikit-learn {t_theirs:.2f}s", flush=True)
+    return [
+        f"`GaussianMixture(n_components=8).fit(X)`, every default, N={n_samples:,}, D=16 "
+        "(the data above). Target (issue 16): <= 0.03x scikit-learn, with an equal or "
+        "better final lower bound.",
+        "",
+        "| | seconds | EM iterations | passes over the data | final lower bound |",
+        "|---|---|---|---|---|",
+        f"| scikit-learn | {t_theirs:.2f} | {theirs.n_iter_} | | {theirs.lower_bound_:.6f} |",
+        f"| dask_gmm | {t_ours:.2f} | {ours.n_iter_} | {ours.n_passes_} | "
+        f"{ours.lower_bound_:.6f} |",
+        f"| ratio | **{t_ours / t_theirs:.3f}** | | | |",
+    ]
+
+
+def wide(n_samples):
+    X, means = make_data(n_samples, 256, 8)
+    inits = starting_point(X, means, "full")
+
+    def sklearn_model(n_iter):
+        return SklearnGaussianMixture(8, covariance_type="full", max_iter=n_iter, tol=0,
+                                      **inits)
+
+    theirs = per_iteration(sklearn_model, X, 1, 4, 1)
+    ours, _ = em_iteration(X, 8, "full", inits, n_iter=4)
+    print(f"D=256 full: ours {ours:.3f}s, scikit-learn {theirs:.3f}s", flush=True)
+    return [
+        f"Full covariances, N={n_samples:,}, D=256, K=8, numpy input. Target (issue 16): "
+        "<= 0.5x scikit-learn per iteration.",
+        "",
+        "| scikit-learn s/iter | dask_gmm s/iter | ratio |",
+        "|---|---|---|",
+        f"| {theirs:.3f} | {ours:.3f} | {ours / theirs:.2f} |",
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the rows")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    scale = 10 if args.quick else 1
+    rate = matmul_rate()
+    lines = machine_summary() + [f"Matrix multiply (2000x2000 float64, all cores): "
+                                 f"{rate:.1f} GFLOP/s.", ""]
+    lines += versus_kmeans(1_000_000 // scale, args.quick)
+    lines += [""] + versus_matmul(200_000 // scale, rate)
+    lines += [""] + whole_fit(1_000_000 // scale)
+    lines += [""] + wide(200_000 // scale)
+    if not args.no_write:
+        write_section("kmeans", "A mixture against k-means (issue 16)", lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
