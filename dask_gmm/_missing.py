@@ -306,7 +306,15 @@ class IncompleteRows:
         self.w = w
         self.positions = positions
         self.missing = np.isnan(rows)
-        self.groups = pattern_groups(self.missing)
+        self._groups = None
+
+    @property
+    def groups(self):
+        """The rows' :class:`PatternGroup` list, made on first use (the compiled
+        E-step sorts rows by pattern itself)."""
+        if self._groups is None:
+            self._groups = pattern_groups(self.missing)
+        return self._groups
 
     @property
     def n(self):

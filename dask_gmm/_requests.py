@@ -170,6 +170,12 @@ class EStep(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """Observed-data densities and expected complete-data sums (see ``_missing``)."""
+        if self.params.covariance_type in ("full", "tied"):
+            from . import _fused_missing
+
+            stats.n += incomplete.total_weight()
+            stats.rows += incomplete.n
+            return _fused_missing.expected_sums(incomplete, self.params, stats)
         terms, R, log_norm = _marginal_pass(incomplete, self.params, stats)
         accumulate_expected(stats, terms, incomplete.groups, incomplete.missing,
                             incomplete.weighted(R))

@@ -250,3 +250,47 @@ def test_checkpoint_resumes_a_marginalised_fit(tmp_path):
 
     with pytest.raises(CheckpointMismatchError):
         GaussianMixture(3, max_iter=9, **settings).fit(as_dask(other, 100), checkpoint=path)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("n_rows", [1, 5, 300, 2000])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_marginal_e_step_equals_the_numpy_route(covariance_type, n_rows, weighted):
+    # the compiled E-step of incomplete rows against _missing's numpy kernels,
+    # across many patterns, partial tiles and data far from the origin
+    from dask_gmm._fused_missing import expected_sums
+    from dask_gmm._missing import IncompleteRows, accumulate_expected, marginal_terms
+    from dask_gmm._mstep import Params, precision_cholesky
+    from dask_gmm._estep import chunk_shift, responsibilities
+    from dask_gmm._stats import empty_stats
+
+    rng = np.random.RandomState(n_rows)
+    n_features, n_components = 7, 4
+    X = holes(rng.normal(size=(n_rows, n_features)) * 3 + 1e3, 0.3, seed=n_rows)
+    X[:, 0] = np.where(np.isnan(X).all(axis=1), 1e3, X[:, 0])
+    complete = ~np.isnan(X).any(axis=1)
+    X[complete, 1] = np.nan  # every row misses something
+    w = rng.uniform(0.1, 2.0, n_rows) if weighted else None
+    A = rng.normal(size=(n_components, n_features, n_features)) * 0.4
+    cov = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    if covariance_type == "tied":
+        cov = cov[0]
+    means = rng.normal(size=(n_components, n_features)) * 3 + 1e3
+    params = Params(np.full(n_components, 1 / n_components), means,
+                    precision_cholesky(cov, covariance_type), covariance_type)
+    shift = chunk_shift(X)
+    incomplete = IncompleteRows.from_block(X, w, None)
+    assert incomplete.n == n_rows
+    ours = empty_stats(n_components, n_features, covariance_type, shift)
+    ours_ll = expected_sums(incomplete, params, ours)
+    reference = empty_stats(n_components, n_features, covariance_type, shift)
+    terms = marginal_terms(incomplete.rows, incomplete.missing, incomplete.groups, params,
+                           shift)
+    R, log_norm = responsibilities(terms.log_prob.copy())
+    accumulate_expected(reference, terms, incomplete.groups, incomplete.missing,
+                        incomplete.weighted(R))
+    reference_ll = float(log_norm.sum() if w is None else log_norm @ incomplete.w)
+    assert ours_ll == pytest.approx(reference_ll, rel=1e-11)
+    for name in ("nk", "s1", "s2", "imputed"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
+                                   rtol=1e-9, atol=1e-8, err_msg=name)

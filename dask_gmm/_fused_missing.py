@@ -1,0 +1,275 @@
+"""Compiled (numba) E-step of rows missing some features, for full and tied covariances.
+
+The same formulas as ``_missing`` (written with the precision ``Λ = U Uᵀ``;
+``d = x - μ`` with ``d_m = 0``, ``g = Λ d``): the observed-data density from
+``dᵀ g - g_mᵀ Λ_mm⁻¹ g_m`` and ``log det Λ - log det Λ_mm``, the missing block
+filled with ``μ_m - Λ_mm⁻¹ g_m`` and ``Λ_mm⁻¹`` added to its second moment.
+
+numpy needed ``n x K x D`` temporaries and a batched product per pattern
+group, and an iteration with 10% of values missing took 13x a complete one.
+Here rows come sorted by pattern: each pattern's ``Λ_mm`` is factored once
+per component (``O(patterns x K x q³)``), then each row is handled in one
+loop that holds nothing larger than a few ``D``-vectors per component. The
+second moments of a row, ``x̂ x̂ᵀ``, are summed as products of tiles of
+filled rows (one BLAS call per component per tile), and the conditional
+covariances once per pattern with the pattern's total responsibility.
+Results agree with ``_missing``'s numpy route (tests compare them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._fused import _FASTMATH, compiled
+
+LOG_2PI = math.log(2 * math.pi)
+TILE_ROWS = 128
+
+
+@compiled(fastmath=_FASTMATH)
+def _inverse_of_block(matrix, index, q, lower, out):
+    """``out[:q, :q] = inv(matrix[index][:, index])`` by Cholesky; returns its log-determinant.
+
+    The blocks are small (the missing features of one row), where a loop beats a
+    LAPACK call and its copies.
+    """
+    for a in range(q):
+        for b in range(a + 1):
+            acc = matrix[index[a], index[b]]
+            for c in range(b):
+                acc -= lower[a, c] * lower[b, c]
+            if a == b:
+                lower[a, a] = math.sqrt(acc)
+            else:
+                lower[a, b] = acc / lower[b, b]
+    log_det = 0.0
+    for a in range(q):
+        log_det += 2.0 * math.log(lower[a, a])
+    # columns of L^-1 (lower triangular), kept in out's upper part transposed
+    for b in range(q):
+        for a in range(q):
+            out[a, b] = 0.0
+    for b in range(q):
+        out[b, b] = 1.0 / lower[b, b]
+        for a in range(b + 1, q):
+            acc = 0.0
+            for c in range(b, a):
+                acc -= lower[a, c] * out[c, b]
+            out[a, b] = acc / lower[a, a]
+    # inv = L^-T L^-1: (i, j) = sum_c Linv[c, i] Linv[c, j], c >= max(i, j)
+    for i in range(q):
+        for j in range(i, q):
+            acc = 0.0
+            for c in range(j, q):
+                acc += out[c, i] * out[c, j]
+            lower[i, j] = acc  # lower's strict upper part is free
+    for i in range(q):
+        for j in range(i, q):
+            out[i, j] = lower[i, j]
+            out[j, i] = lower[i, j]
+    return log_det
+
+
+@compiled(fastmath=_FASTMATH)
+def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_const,
+                    n_tile, nk, s1, s2, imputed):
+    """Add the expected complete-data sums of incomplete rows; return their log-likelihood.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D), float64
+        NaN at the missing features; no row complete, none all missing.
+    w : ndarray of shape (n,) or (0,)
+        Sample weights; empty for none.
+    order : ndarray of shape (n,), int64
+        The rows sorted by missingness pattern.
+    starts : ndarray of shape (P + 1,), int64
+        Pattern ``p`` is rows ``order[starts[p]:starts[p + 1]]``.
+    shift : ndarray of shape (D,)
+    precision : ndarray of shape (K, D, D)
+        ``Λ_k`` (tied: the same matrix K times).
+    local_means : ndarray of shape (K, D)
+        The means minus ``shift``.
+    log_const : ndarray of shape (K,)
+        ``log weight_k + log det U_k``.
+    n_tile : int
+        Rows whose filled values are summed in one product.
+    nk : ndarray of shape (K,)
+    s1 : ndarray of shape (K, D)
+    s2 : ndarray of shape (K, D, D)
+        Adds ``sum w r_k x̂ x̂ᵀ + w r_k C`` (all of the matrix; packed by the caller).
+    imputed : ndarray of shape (D,)
+        Adds ``sum_k w r_k (x̂_m + shift_m)`` at the missing features.
+
+    Returns
+    -------
+    float
+        ``sum w log p(x_o)``.
+    """
+    n, n_features = rows.shape
+    n_components = local_means.shape[0]
+    weighted = w.shape[0] > 0
+    missing = np.empty(n_features, dtype=np.int64)
+    present = np.empty(n_features, dtype=np.int64)
+    base = np.zeros(n_features)
+    g = np.empty(n_features)
+    h = np.empty((n_components, n_features))
+    inverse = np.empty((n_components, n_features, n_features))
+    lower = np.empty((n_features, n_features))
+    pattern_const = np.empty(n_components)
+    log_prob = np.empty(n_components)
+    fills = np.empty((n_components, n_features))
+    masked_mean = np.zeros(n_features)
+    filled_t = np.zeros((n_components, n_tile, n_features))
+    scaled_t = np.zeros((n_components, n_features, n_tile))
+    mass = np.empty(n_components)
+    tile_sum = np.empty((n_features, n_features))
+    log_likelihood = 0.0
+    in_tile = 0
+    for p in range(starts.shape[0] - 1):
+        first = order[starts[p]]
+        q = 0
+        d_o = 0
+        for j in range(n_features):
+            if np.isnan(rows[first, j]):
+                missing[q] = j
+                q += 1
+            else:
+                present[d_o] = j
+                d_o += 1
+        for k in range(n_components):
+            log_det_mm = _inverse_of_block(precision[k], missing, q, lower, inverse[k])
+            # h_k = Λ_k (μ_k at the observed features, 0 elsewhere)
+            for j in range(n_features):
+                masked_mean[j] = local_means[k, j]
+            for c in range(q):
+                masked_mean[missing[c]] = 0.0
+            for i in range(n_features):
+                acc = 0.0
+                for j in range(n_features):
+                    acc += precision[k, i, j] * masked_mean[j]
+                h[k, i] = acc
+            pattern_const[k] = log_const[k] - 0.5 * d_o * LOG_2PI - 0.5 * log_det_mm
+            mass[k] = 0.0
+        for position in range(starts[p], starts[p + 1]):
+            r = order[position]
+            for c in range(d_o):
+                j = present[c]
+                base[j] = rows[r, j] - shift[j]
+            for c in range(q):
+                base[missing[c]] = 0.0
+            for k in range(n_components):
+                # g = Λ_k base - h_k (base is 0 at the missing features)
+                for i in range(n_features):
+                    acc = -h[k, i]
+                    for j in range(n_features):
+                        acc += precision[k, i, j] * base[j]
+                    g[i] = acc
+                quad = 0.0
+                for c in range(d_o):
+                    j = present[c]
+                    quad += (base[j] - local_means[k, j]) * g[j]
+                for a in range(q):
+                    solved = 0.0
+                    for b in range(q):
+                        solved += inverse[k, a, b] * g[missing[b]]
+                    quad -= g[missing[a]] * solved
+                    fills[k, a] = local_means[k, missing[a]] - solved
+                log_prob[k] = pattern_const[k] - 0.5 * quad
+            top = log_prob[0]
+            for k in range(1, n_components):
+                top = max(top, log_prob[k])
+            if not top > -np.inf:
+                top = 0.0
+            total = 0.0
+            for k in range(n_components):
+                log_prob[k] = math.exp(log_prob[k] - top) if log_prob[k] - top > -700.0 else 0.0
+                total += log_prob[k]
+            weight = w[r] if weighted else 1.0
+            log_likelihood += weight * (top + math.log(total))
+            for k in range(n_components):
+                a_k = weight * log_prob[k] / total
+                nk[k] += a_k
+                mass[k] += a_k
+                for c in range(d_o):
+                    j = present[c]
+                    s1[k, j] += a_k * base[j]
+                    filled_t[k, in_tile, j] = base[j]
+                    scaled_t[k, j, in_tile] = a_k * base[j]
+                for c in range(q):
+                    j = missing[c]
+                    value = fills[k, c]
+                    s1[k, j] += a_k * value
+                    imputed[j] += a_k * (value + shift[j])
+                    filled_t[k, in_tile, j] = value
+                    scaled_t[k, j, in_tile] = a_k * value
+            in_tile += 1
+            if in_tile == n_tile or (p == starts.shape[0] - 2
+                                     and position == starts[p + 1] - 1):
+                for k in range(n_components):
+                    for row in range(in_tile, n_tile):  # a last, partial tile
+                        for j in range(n_features):
+                            filled_t[k, row, j] = 0.0
+                            scaled_t[k, j, row] = 0.0
+                    np.dot(scaled_t[k], filled_t[k], tile_sum)
+                    for i in range(n_features):
+                        for j in range(n_features):
+                            s2[k, i, j] += tile_sum[i, j]
+                in_tile = 0
+        for k in range(n_components):
+            for a in range(q):
+                for b in range(q):
+                    s2[k, missing[a], missing[b]] += mass[k] * inverse[k, a, b]
+    return log_likelihood
+
+
+def expected_sums(incomplete, params, stats):
+    """Incomplete rows' observed-data log-likelihood and expected sums into ``stats``.
+
+    Full and tied covariances (``_missing.marginal_terms`` and
+    ``accumulate_expected`` are the numpy route).
+
+    Parameters
+    ----------
+    incomplete : IncompleteRows
+    params : Params
+    stats : SuffStats
+        About the chunk's shift; ``n`` and ``rows`` are the caller's.
+
+    Returns
+    -------
+    float
+    """
+    mask = incomplete.missing
+    n, n_features = mask.shape
+    if n_features <= 62:
+        keys = mask @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
+    else:
+        keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    sorted_keys = keys[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1, n].astype(np.int64)
+    n_components = len(params.weights)
+    chol = params.prec_chol
+    if params.covariance_type == "tied":
+        chol = np.broadcast_to(chol, (n_components, n_features, n_features))
+    precision = np.ascontiguousarray(chol @ chol.transpose(0, 2, 1))
+    log_const = params.log_mixing() + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    w = np.empty(0) if incomplete.w is None else np.ascontiguousarray(incomplete.w,
+                                                                     dtype=np.float64)
+    second = np.zeros((n_components, n_features, n_features))
+    imputed = np.zeros(n_features)
+    log_likelihood = marginal_e_step(
+        np.ascontiguousarray(incomplete.rows, dtype=np.float64), w, order, starts,
+        stats.shift, precision, np.ascontiguousarray(params.means - stats.shift),
+        log_const, TILE_ROWS, stats.nk, stats.s1, second, imputed)
+    stats.imputed = imputed if stats.imputed is None else stats.imputed + imputed
+    if stats.s2 is not None:
+        if params.covariance_type == "full":
+            rows_i, cols_i = np.triu_indices(n_features)
+            stats.s2 += second[:, rows_i, cols_i]
+        else:
+            stats.s2 += second.sum(axis=0)
+    return log_likelihood
