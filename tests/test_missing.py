@@ -258,10 +258,10 @@ def test_checkpoint_resumes_a_marginalised_fit(tmp_path):
 def test_compiled_marginal_e_step_equals_the_numpy_route(covariance_type, n_rows, weighted):
     # the compiled E-step of incomplete rows against _missing's numpy kernels,
     # across many patterns, partial tiles and data far from the origin
+    from dask_gmm._estep import chunk_shift, responsibilities
     from dask_gmm._fused_missing import expected_sums
     from dask_gmm._missing import IncompleteRows, accumulate_expected, marginal_terms
     from dask_gmm._mstep import Params, precision_cholesky
-    from dask_gmm._estep import chunk_shift, responsibilities
     from dask_gmm._stats import empty_stats
 
     rng = np.random.RandomState(n_rows)
