@@ -22,22 +22,23 @@ import math
 
 import numpy as np
 
-from ._fused import _FASTMATH, compiled
+from ._fused import _FASTMATH, _exp_nonpositive, compiled
 
 LOG_2PI = math.log(2 * math.pi)
 TILE_ROWS = 128
 
 
 @compiled(fastmath=_FASTMATH)
-def _inverse_of_block(matrix, index, q, lower, out):
-    """``out[:q, :q] = inv(matrix[index][:, index])`` by Cholesky; returns its log-determinant.
+def _inverse_of_block(matrices, k, indices, p, q, lower, out):
+    """``out[:q, :q] = inv(M[m][:, m])`` by Cholesky, ``M = matrices[k]``, ``m = indices[p, :q]``;
+    returns its log-determinant.
 
     The blocks are small (the missing features of one row), where a loop beats a
     LAPACK call and its copies.
     """
     for a in range(q):
         for b in range(a + 1):
-            acc = matrix[index[a], index[b]]
+            acc = matrices[k, indices[p, a], indices[p, b]]
             for c in range(b):
                 acc -= lower[a, c] * lower[b, c]
             if a == b:
@@ -110,118 +111,146 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
     """
     n, n_features = rows.shape
     n_components = local_means.shape[0]
+    n_patterns = starts.shape[0] - 1
     weighted = w.shape[0] > 0
-    missing = np.empty(n_features, dtype=np.int64)
-    present = np.empty(n_features, dtype=np.int64)
-    base = np.zeros(n_features)
-    g = np.empty(n_features)
-    h = np.empty((n_components, n_features))
-    inverse = np.empty((n_components, n_features, n_features))
-    lower = np.empty((n_features, n_features))
-    pattern_const = np.empty(n_components)
-    log_prob = np.empty(n_components)
-    fills = np.empty((n_components, n_features))
-    masked_mean = np.zeros(n_features)
-    filled_t = np.zeros((n_components, n_tile, n_features))
-    scaled_t = np.zeros((n_components, n_features, n_tile))
-    mass = np.empty(n_components)
-    tile_sum = np.empty((n_features, n_features))
-    log_likelihood = 0.0
-    in_tile = 0
-    for p in range(starts.shape[0] - 1):
+    # --- per pattern: missing features, h_k = Λ_k (μ_k observed, 0 missing),
+    # the constants, and Λ_mm⁻¹ of every component (flat, q² numbers each)
+    counts = np.zeros(n_patterns, dtype=np.int64)
+    missing = np.empty((n_patterns, n_features), dtype=np.int64)
+    offsets = np.zeros(n_patterns + 1, dtype=np.int64)
+    for p in range(n_patterns):
         first = order[starts[p]]
         q = 0
-        d_o = 0
         for j in range(n_features):
             if np.isnan(rows[first, j]):
-                missing[q] = j
+                missing[p, q] = j
                 q += 1
-            else:
-                present[d_o] = j
-                d_o += 1
-        for k in range(n_components):
-            log_det_mm = _inverse_of_block(precision[k], missing, q, lower, inverse[k])
-            # h_k = Λ_k (μ_k at the observed features, 0 elsewhere)
+        counts[p] = q
+        offsets[p + 1] = offsets[p] + n_components * q * q
+    inverses = np.empty(offsets[n_patterns])
+    h = np.empty((n_patterns, n_components, n_features))
+    pattern_const = np.empty((n_patterns, n_components))
+    lower = np.empty((n_features, n_features))
+    block_inverse = np.empty((n_features, n_features))
+    whole_h = np.empty((n_components, n_features))
+    for k in range(n_components):
+        for i in range(n_features):
+            acc = 0.0
             for j in range(n_features):
-                masked_mean[j] = local_means[k, j]
-            for c in range(q):
-                masked_mean[missing[c]] = 0.0
+                acc += precision[k, i, j] * local_means[k, j]
+            whole_h[k, i] = acc
+    for p in range(n_patterns):
+        q = counts[p]
+        for k in range(n_components):
+            log_det_mm = _inverse_of_block(precision, k, missing, p, q, lower, block_inverse)
+            at = offsets[p] + k * q * q
+            for a in range(q):
+                for b in range(q):
+                    inverses[at + a * q + b] = block_inverse[a, b]
+            # h = Λ_k μ_k less the columns of the missing features
             for i in range(n_features):
-                acc = 0.0
-                for j in range(n_features):
-                    acc += precision[k, i, j] * masked_mean[j]
-                h[k, i] = acc
-            pattern_const[k] = log_const[k] - 0.5 * d_o * LOG_2PI - 0.5 * log_det_mm
-            mass[k] = 0.0
-        for position in range(starts[p], starts[p + 1]):
-            r = order[position]
-            for c in range(d_o):
-                j = present[c]
-                base[j] = rows[r, j] - shift[j]
+                h[p, k, i] = whole_h[k, i]
             for c in range(q):
-                base[missing[c]] = 0.0
-            for k in range(n_components):
-                # g = Λ_k base - h_k (base is 0 at the missing features)
+                j = missing[p, c]
+                mean_j = local_means[k, j]
                 for i in range(n_features):
-                    acc = -h[k, i]
-                    for j in range(n_features):
-                        acc += precision[k, i, j] * base[j]
-                    g[i] = acc
+                    h[p, k, i] -= precision[k, j, i] * mean_j
+            pattern_const[p, k] = (log_const[k] - 0.5 * (n_features - q) * LOG_2PI
+                                   - 0.5 * log_det_mm)
+    # --- tiles of rows in pattern order: one product gives Λ_k base for every k
+    # Λ_k is symmetric: row r of base_rows @ stacked_t is [Λ_1 base_r, ..., Λ_K base_r]
+    stacked_t = np.ascontiguousarray(
+        precision.reshape(n_components * n_features, n_features).T)
+    base_rows = np.zeros((n_tile, n_features))
+    products = np.empty((n_tile, n_components * n_features))
+    pattern_of = np.empty(n_tile, dtype=np.int64)
+    g = np.empty(n_features)
+    log_prob = np.empty(n_components)
+    shifted = np.empty(n_components)
+    scale = np.empty(n_components, dtype=np.int64)
+    fills = np.empty((n_components, n_features))
+    # filled rows with a 1 appended, and the same times w r_k: one product per
+    # tile and component gives sum w r_k x̂ x̂ᵀ and, in its last column, sum w r_k x̂
+    filled_t = np.zeros((n_components, n_tile, n_features + 1))
+    scaled = np.zeros((n_components, n_tile, n_features + 1))
+    mass = np.zeros((n_patterns, n_components))
+    tile_sum = np.empty((n_features + 1, n_features + 1))
+    log_likelihood = 0.0
+    p = 0
+    for begin in range(0, n, n_tile):
+        m = min(n_tile, n - begin)
+        for r in range(m):
+            while starts[p + 1] <= begin + r:
+                p += 1
+            pattern_of[r] = p
+            row = order[begin + r]
+            for j in range(n_features):
+                value = rows[row, j]
+                base_rows[r, j] = 0.0 if np.isnan(value) else value - shift[j]
+        np.dot(base_rows, stacked_t, products)
+        for r in range(m):
+            pr = pattern_of[r]
+            q = counts[pr]
+            row = order[begin + r]
+            for k in range(n_components):
+                at = offsets[pr] + k * q * q
                 quad = 0.0
-                for c in range(d_o):
-                    j = present[c]
-                    quad += (base[j] - local_means[k, j]) * g[j]
+                for i in range(n_features):
+                    g[i] = products[r, k * n_features + i] - h[pr, k, i]
+                    quad += (base_rows[r, i] - local_means[k, i]) * g[i]
                 for a in range(q):
+                    j = missing[pr, a]
+                    # the loop above took (0 - μ_j) g_j for a missing j: take it back
+                    quad += local_means[k, j] * g[j]
                     solved = 0.0
                     for b in range(q):
-                        solved += inverse[k, a, b] * g[missing[b]]
-                    quad -= g[missing[a]] * solved
-                    fills[k, a] = local_means[k, missing[a]] - solved
-                log_prob[k] = pattern_const[k] - 0.5 * quad
+                        solved += inverses[at + a * q + b] * g[missing[pr, b]]
+                    quad -= g[j] * solved
+                    fills[k, a] = local_means[k, j] - solved
+                log_prob[k] = pattern_const[pr, k] - 0.5 * quad
             top = log_prob[0]
             for k in range(1, n_components):
                 top = max(top, log_prob[k])
             if not top > -np.inf:
                 top = 0.0
+            for k in range(n_components):
+                shifted[k] = log_prob[k] - top
+            _exp_nonpositive(shifted, log_prob, scale, n_components)
             total = 0.0
             for k in range(n_components):
-                log_prob[k] = math.exp(log_prob[k] - top) if log_prob[k] - top > -700.0 else 0.0
                 total += log_prob[k]
-            weight = w[r] if weighted else 1.0
+            weight = w[row] if weighted else 1.0
             log_likelihood += weight * (top + math.log(total))
             for k in range(n_components):
                 a_k = weight * log_prob[k] / total
                 nk[k] += a_k
-                mass[k] += a_k
-                for c in range(d_o):
-                    j = present[c]
-                    s1[k, j] += a_k * base[j]
-                    filled_t[k, in_tile, j] = base[j]
-                    scaled_t[k, j, in_tile] = a_k * base[j]
-                for c in range(q):
-                    j = missing[c]
-                    value = fills[k, c]
-                    s1[k, j] += a_k * value
-                    imputed[j] += a_k * (value + shift[j])
-                    filled_t[k, in_tile, j] = value
-                    scaled_t[k, j, in_tile] = a_k * value
-            in_tile += 1
-            if in_tile == n_tile or (p == starts.shape[0] - 2
-                                     and position == starts[p + 1] - 1):
-                for k in range(n_components):
-                    for row in range(in_tile, n_tile):  # a last, partial tile
-                        for j in range(n_features):
-                            filled_t[k, row, j] = 0.0
-                            scaled_t[k, j, row] = 0.0
-                    np.dot(scaled_t[k], filled_t[k], tile_sum)
-                    for i in range(n_features):
-                        for j in range(n_features):
-                            s2[k, i, j] += tile_sum[i, j]
-                in_tile = 0
+                mass[pr, k] += a_k
+                for j in range(n_features):
+                    filled_t[k, r, j] = base_rows[r, j]
+                filled_t[k, r, n_features] = 1.0
+                for a in range(q):
+                    j = missing[pr, a]
+                    filled_t[k, r, j] = fills[k, a]
+                    imputed[j] += a_k * (fills[k, a] + shift[j])
+                for j in range(n_features + 1):
+                    scaled[k, r, j] = a_k * filled_t[k, r, j]
         for k in range(n_components):
+            for r in range(m, n_tile):  # a last, partial tile
+                for j in range(n_features + 1):
+                    filled_t[k, r, j] = 0.0
+                    scaled[k, r, j] = 0.0
+            np.dot(scaled[k].T, filled_t[k], tile_sum)
+            for i in range(n_features):
+                for j in range(n_features):
+                    s2[k, i, j] += tile_sum[i, j]
+                s1[k, i] += tile_sum[i, n_features]
+    for p in range(n_patterns):
+        q = counts[p]
+        for k in range(n_components):
+            at = offsets[p] + k * q * q
             for a in range(q):
                 for b in range(q):
-                    s2[k, missing[a], missing[b]] += mass[k] * inverse[k, a, b]
+                    s2[k, missing[p, a], missing[p, b]] += mass[p, k] * inverses[at + a * q + b]
     return log_likelihood
 
 
@@ -248,7 +277,7 @@ def expected_sums(incomplete, params, stats):
         keys = mask @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
     else:
         keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
-    order = np.argsort(keys, kind="stable").astype(np.int64)
+    order = np.argsort(keys).astype(np.int64)
     sorted_keys = keys[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1, n].astype(np.int64)
     n_components = len(params.weights)

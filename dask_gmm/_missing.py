@@ -295,23 +295,29 @@ class IncompleteRows:
     Parameters
     ----------
     rows : ndarray of shape (n, D)
-        With NaN at the missing features, sorted by the number missing.
+        With NaN at the missing features, sorted by the number missing (rows
+        joined from several blocks are not: see :meth:`by_count`).
     w : ndarray of shape (n,) or None
     positions : ndarray of shape (n,)
         Their positions in the block.
+    missing : ndarray of shape (n, D), bool, optional
+        ``isnan(rows)``, when the caller has it.
     """
 
-    def __init__(self, rows, w, positions):
+    def __init__(self, rows, w, positions, missing=None):
         self.rows = rows
         self.w = w
         self.positions = positions
-        self.missing = np.isnan(rows)
+        self.missing = np.isnan(rows) if missing is None else missing
+        self.sorted = True
         self._groups = None
 
     @property
     def groups(self):
         """The rows' :class:`PatternGroup` list, made on first use (the compiled
         E-step sorts rows by pattern itself)."""
+        if not self.sorted:
+            raise ValueError("groups need the rows sorted by count: use by_count()")
         if self._groups is None:
             self._groups = pattern_groups(self.missing)
         return self._groups
@@ -327,6 +333,28 @@ class IncompleteRows:
         return R if self.w is None else R * self.w[:, None]
 
     @classmethod
+    def joined(cls, parts):
+        """One :class:`IncompleteRows` of several (positions are no longer meaningful)."""
+        if len(parts) == 1:
+            return parts[0]
+        rows = np.concatenate([part.rows for part in parts])
+        w = None if parts[0].w is None else np.concatenate([part.w for part in parts])
+        joined = cls(rows, w, np.full(len(rows), -1, dtype=np.int64),
+                     np.concatenate([part.missing for part in parts]))
+        joined.sorted = False
+        return joined
+
+    def by_count(self):
+        """These rows sorted by their number of missing features (what the numpy
+        kernels and :attr:`groups` need); ``self`` when they already are."""
+        if self.sorted:
+            return self
+        # small integers: numpy's stable sort of them is a radix sort
+        order = np.argsort(self.missing.sum(axis=1, dtype=np.int16), kind="stable")
+        return IncompleteRows(self.rows[order], None if self.w is None else self.w[order],
+                              self.positions[order], self.missing[order])
+
+    @classmethod
     def from_block(cls, rows, w, complete_positions):
         """The block's rows that are neither complete (``complete_positions``) nor all NaN."""
         others = np.ones(len(rows), dtype=bool)
@@ -334,8 +362,9 @@ class IncompleteRows:
             others[complete_positions] = False
         candidates = np.flatnonzero(others)
         missing = np.isnan(rows[candidates])
-        counts = missing.sum(axis=1)
+        counts = missing.sum(axis=1, dtype=np.int16)
         keep = counts < rows.shape[1]
-        positions = candidates[keep][np.argsort(counts[keep], kind="stable")]
+        order = np.argsort(counts[keep], kind="stable")
+        positions = candidates[keep][order]
         return cls(np.asarray(rows[positions], dtype=np.float64),
-                   None if w is None else w[positions], positions)
+                   None if w is None else w[positions], positions, missing[keep][order])

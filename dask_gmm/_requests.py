@@ -176,6 +176,7 @@ class EStep(PassRequest):
             stats.n += incomplete.total_weight()
             stats.rows += incomplete.n
             return _fused_missing.expected_sums(incomplete, self.params, stats)
+        incomplete = incomplete.by_count()
         terms, R, log_norm = _marginal_pass(incomplete, self.params, stats)
         accumulate_expected(stats, terms, incomplete.groups, incomplete.missing,
                             incomplete.weighted(R))
@@ -260,6 +261,7 @@ class LogLikelihood(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """The observed-data log-likelihood of rows missing some features."""
+        incomplete = incomplete.by_count()
         _, _, log_norm = _marginal_pass(incomplete, self.params, stats)
         return weighted_sum(log_norm, incomplete.w)
 
@@ -331,6 +333,7 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
     # per-block log-likelihood contributions, summed exactly at the end
     partials = [[] for _ in requests]
     rows_per_block = block_rows(max(r.row_width() for r in requests))
+    incomplete_parts = []
     for start, rows, w in row_blocks(X, sample_weight, rows_per_block):
         complete, complete_w, kept = screen_rows(rows, w, omit_nan, start, place)
         if complete.shape[0]:
@@ -341,12 +344,16 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
                     partial.append(contribution)
         if marginalize and kept is not None:
             incomplete = IncompleteRows.from_block(rows, w, kept)
-            if incomplete.n == 0:
-                continue
-            for request, st, partial in zip(requests, stats, partials):
-                contribution = request.accumulate_incomplete(incomplete, st)
-                if contribution is not None:
-                    partial.append(contribution)
+            if incomplete.n:
+                incomplete_parts.append(incomplete)
+    if incomplete_parts:
+        # one call for the chunk: a missingness pattern seen in several blocks
+        # is factored once
+        incomplete = IncompleteRows.joined(incomplete_parts)
+        for request, st, partial in zip(requests, stats, partials):
+            contribution = request.accumulate_incomplete(incomplete, st)
+            if contribution is not None:
+                partial.append(contribution)
     for st, partial in zip(stats, partials):
         st.log_likelihood = math.fsum(partial)
     return stats
