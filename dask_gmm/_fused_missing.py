@@ -26,6 +26,10 @@ from ._fused import _FASTMATH, _exp_nonpositive, compiled
 
 LOG_2PI = math.log(2 * math.pi)
 TILE_ROWS = 128
+# Per-pattern numbers (Λ_mm⁻¹ and h of every component) one kernel call holds:
+# 8 MiB of float64. Chunks with more distinct patterns -- rows missing many of
+# many features -- are handled in several calls, so memory stays bounded.
+PATTERN_FLOATS = 2**20
 
 
 @compiled(fastmath=_FASTMATH)
@@ -84,10 +88,11 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
         NaN at the missing features; no row complete, none all missing.
     w : ndarray of shape (n,) or (0,)
         Sample weights; empty for none.
-    order : ndarray of shape (n,), int64
-        The rows sorted by missingness pattern.
+    order : ndarray of shape (m,), int64
+        The rows to take (all, or the patterns of one batch), sorted by
+        missingness pattern.
     starts : ndarray of shape (P + 1,), int64
-        Pattern ``p`` is rows ``order[starts[p]:starts[p + 1]]``.
+        Pattern ``p`` is rows ``order[starts[p]:starts[p + 1]]``; ``starts[-1] = m``.
     shift : ndarray of shape (D,)
     precision : ndarray of shape (K, D, D)
         ``Λ_k`` (tied: the same matrix K times).
@@ -109,7 +114,7 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
     float
         ``sum w log p(x_o)``.
     """
-    n, n_features = rows.shape
+    n, n_features = order.shape[0], rows.shape[1]
     n_components = local_means.shape[0]
     n_patterns = starts.shape[0] - 1
     weighted = w.shape[0] > 0
@@ -254,6 +259,31 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
     return log_likelihood
 
 
+def pattern_batches(missing_counts, n_components, n_features):
+    """Split patterns into runs whose per-pattern numbers fit in ``PATTERN_FLOATS``.
+
+    Parameters
+    ----------
+    missing_counts : ndarray of shape (P,)
+        How many features each pattern misses.
+
+    Returns
+    -------
+    list of (first, last)
+        Patterns ``first..last - 1`` per kernel call; every run has at least one.
+    """
+    cost = n_components * (missing_counts.astype(np.int64) ** 2 + n_features + 3)
+    batches, first, held = [], 0, 0
+    for p, c in enumerate(cost.tolist()):
+        if held and held + c > PATTERN_FLOATS:
+            batches.append((first, p))
+            first, held = p, 0
+        held += c
+    if len(cost):
+        batches.append((first, len(cost)))
+    return batches
+
+
 def expected_sums(incomplete, params, stats):
     """Incomplete rows' observed-data log-likelihood and expected sums into ``stats``.
 
@@ -290,10 +320,15 @@ def expected_sums(incomplete, params, stats):
                                                                      dtype=np.float64)
     second = np.zeros((n_components, n_features, n_features))
     imputed = np.zeros(n_features)
-    log_likelihood = marginal_e_step(
-        np.ascontiguousarray(incomplete.rows, dtype=np.float64), w, order, starts,
-        stats.shift, precision, np.ascontiguousarray(params.means - stats.shift),
-        log_const, TILE_ROWS, stats.nk, stats.s1, second, imputed)
+    rows = np.ascontiguousarray(incomplete.rows, dtype=np.float64)
+    local_means = np.ascontiguousarray(params.means - stats.shift)
+    log_likelihood = 0.0
+    for first, last in pattern_batches(mask[order[starts[:-1]]].sum(axis=1), n_components,
+                                       n_features):
+        log_likelihood += marginal_e_step(
+            rows, w, order[starts[first]:starts[last]], starts[first:last + 1] - starts[first],
+            stats.shift, precision, local_means, log_const, TILE_ROWS, stats.nk, stats.s1,
+            second, imputed)
     stats.imputed = imputed if stats.imputed is None else stats.imputed + imputed
     if stats.s2 is not None:
         if params.covariance_type == "full":

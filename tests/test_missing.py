@@ -294,3 +294,36 @@ def test_compiled_marginal_e_step_equals_the_numpy_route(covariance_type, n_rows
     for name in ("nk", "s1", "s2", "imputed"):
         np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
                                    rtol=1e-9, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_compiled_e_step_bounds_its_pattern_memory(monkeypatch, covariance_type):
+    """Nearly every row its own pattern, and a bound so small that the compiled
+    E-step takes a few patterns per call: the same sums as one call."""
+    from dask_gmm import _fused_missing
+    from dask_gmm._requests import EStep, chunk_pass
+
+    X, _ = blobs(400, n_features=10)
+    X = holes(X, 0.5, seed=4)
+    _, _, _, init = start_for(X, covariance_type, seed=2)
+    params = GaussianMixture(3, covariance_type=covariance_type, max_iter=1, tol=0,
+                             nan_policy="marginalize", **init).fit(X)._current_params()
+    whole = chunk_pass(X, [EStep(params)], omit_nan=True, marginalize=True)[0]
+    calls = []
+    kernel = _fused_missing.marginal_e_step
+
+    def counted(*args):
+        rows, order, starts = args[0], args[2], args[3]
+        q = np.isnan(rows[order[starts[:-1]]]).sum(axis=1)
+        calls.append((len(q), int((3 * (q**2 + 10 + 3)).sum())))
+        return kernel(*args)
+
+    monkeypatch.setattr(_fused_missing, "PATTERN_FLOATS", 500)
+    monkeypatch.setattr(_fused_missing, "marginal_e_step", counted)
+    split = chunk_pass(X, [EStep(params)], omit_nan=True, marginalize=True)[0]
+    assert len(calls) > 10
+    assert all(held <= 500 or patterns == 1 for patterns, held in calls)
+    for name in ("nk", "s1", "s2", "imputed"):
+        np.testing.assert_allclose(getattr(split, name), getattr(whole, name), rtol=1e-12,
+                                   atol=1e-10, err_msg=name)
+    assert split.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-13)
