@@ -7,12 +7,16 @@ filled with ``μ_m - Λ_mm⁻¹ g_m`` and ``Λ_mm⁻¹`` added to its second mom
 
 numpy needed ``n x K x D`` temporaries and a batched product per pattern
 group, and an iteration with 10% of values missing took 13x a complete one.
-Here rows come sorted by pattern: each pattern's ``Λ_mm`` is factored once
-per component (``O(patterns x K x q³)``), then each row is handled in one
-loop that holds nothing larger than a few ``D``-vectors per component. The
+Here a chunk's rows come sorted by pattern: each pattern's ``Λ_mm`` is
+factored once per component (``O(patterns x K x q³)``, by a small Cholesky
+written out: a LAPACK call and its copies cost more than the factorisation of
+a 2 x 2 block), one product per tile of rows gives ``Λ_k (x - shift)`` for
+every component, and each row is then handled in a loop over its components. The
 second moments of a row, ``x̂ x̂ᵀ``, are summed as products of tiles of
 filled rows (one BLAS call per component per tile), and the conditional
-covariances once per pattern with the pattern's total responsibility.
+covariances once per pattern with the pattern's total responsibility. The
+per-pattern numbers one call holds are bounded (``PATTERN_FLOATS``): a chunk
+where nearly every row has a pattern of its own is taken in several calls.
 Results agree with ``_missing``'s numpy route (tests compare them).
 """
 
