@@ -255,8 +255,7 @@ def block_rows(row_width):
     """Rows per block for temporaries of ``row_width`` float64 numbers per row."""
     if ROW_BLOCK is not None:
         return ROW_BLOCK
-    return int(np.clip(BLOCK_BYTES // (8 * max(1, row_width)), MIN_BLOCK_ROWS,
-                       MAX_BLOCK_ROWS))
+    return min(max(BLOCK_BYTES // (8 * max(1, row_width)), MIN_BLOCK_ROWS), MAX_BLOCK_ROWS)
 
 
 def params_row_width(params):

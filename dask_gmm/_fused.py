@@ -156,6 +156,76 @@ def exp_nonpositive(x):
 
 
 @compiled(fastmath=_FASTMATH)
+def load_tile(X, shift, start, m, y_t):
+    """Rows ``start..start+m`` of ``X`` minus ``shift`` into the columns of ``y_t`` (D, n_tile).
+
+    Columns ``m..`` keep the previous tile's (finite) rows; the kernels give
+    them zero weight.
+    """
+    n_features = X.shape[1]
+    for r in range(m):
+        for i in range(n_features):
+            y_t[i, r] = X[start + r, i] - shift[i]
+
+
+@compiled(fastmath=_FASTMATH)
+def whitened_densities(z_t, first_row, k, offsets, log_const, resp, shifted):
+    """``resp[k] = log_const[k] - |z - offset_k|^2 / 2`` from rows ``first_row..+D`` of ``z_t``."""
+    n_features = offsets.shape[1]
+    n_tile = z_t.shape[1]
+    for r in range(n_tile):
+        shifted[r] = 0.0
+    for j in range(n_features):
+        c = offsets[k, j]
+        row = first_row + j
+        for r in range(n_tile):
+            v = z_t[row, r] - c
+            shifted[r] += v * v
+    lc = log_const[k]
+    for r in range(n_tile):
+        resp[k, r] = lc - 0.5 * shifted[r]
+
+
+@compiled(fastmath=_FASTMATH)
+def exponentiate_tile(resp, top, total, shifted, expo, best):
+    """``resp[k, r] = exp(resp[k, r] - top[r])`` with ``top`` each row's largest; in place.
+
+    Parameters
+    ----------
+    resp : ndarray of shape (K, n_tile)
+        Log densities in, their exponentials relative to each row's largest out.
+    top, total : ndarray of shape (n_tile,)
+        Receive each row's largest log density (0 where all are -inf) and the
+        sum of the row's exponentials.
+    shifted, expo : ndarray of shape (n_tile,)
+        Work buffers.
+    best : ndarray of shape (n_tile,), int64
+        Receives the first component with the largest density.
+    """
+    n_components, n_tile = resp.shape
+    scale = np.empty(n_tile, dtype=np.int64)
+    for r in range(n_tile):
+        top[r] = resp[0, r]
+        best[r] = 0
+    for k in range(1, n_components):
+        for r in range(n_tile):
+            if resp[k, r] > top[r]:
+                top[r] = resp[k, r]
+                best[r] = k
+    for r in range(n_tile):
+        if not top[r] > -np.inf:
+            top[r] = 0.0
+        total[r] = 0.0
+    for k in range(n_components):
+        for r in range(n_tile):
+            shifted[r] = resp[k, r] - top[r]
+        _exp_nonpositive(shifted, expo, scale, n_tile)
+        for r in range(n_tile):
+            resp[k, r] = expo[r]
+            total[r] += expo[r]
+
+
+@compiled(fastmath=_FASTMATH)
 def normalise_tile(resp, m, w, start, top, total, shifted, expo):
     """Log densities of a tile into weighted responsibilities, in place.
 
@@ -178,25 +248,9 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo):
     float
         ``sum w log p(y)`` over the tile's ``m`` rows.
     """
-    n_components, n_tile = resp.shape
+    n_tile = resp.shape[1]
     weighted = w.shape[0] > 0
-    scale = np.empty(n_tile, dtype=np.int64)
-    for r in range(n_tile):
-        top[r] = resp[0, r]
-    for k in range(1, n_components):
-        for r in range(n_tile):
-            top[r] = max(top[r], resp[k, r])
-    for r in range(n_tile):
-        if not top[r] > -np.inf:
-            top[r] = 0.0
-        total[r] = 0.0
-    for k in range(n_components):
-        for r in range(n_tile):
-            shifted[r] = resp[k, r] - top[r]
-        _exp_nonpositive(shifted, expo, scale, n_tile)
-        for r in range(n_tile):
-            resp[k, r] = expo[r]
-            total[r] += expo[r]
+    exponentiate_tile(resp, top, total, shifted, expo, np.empty(n_tile, dtype=np.int64))
     _log_positive(total, shifted, m)
     log_likelihood = 0.0
     for r in range(m):
@@ -205,7 +259,7 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo):
         total[r] = weight / total[r]
     for r in range(m, n_tile):
         total[r] = 0.0
-    for k in range(n_components):
+    for k in range(resp.shape[0]):
         for r in range(n_tile):
             resp[k, r] *= total[r]
     return log_likelihood
@@ -260,24 +314,10 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
     log_likelihood = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        # Columns m.. keep the previous tile's (finite) rows; their
-        # responsibilities are set to zero below.
-        for r in range(m):
-            for i in range(n_features):
-                y_t[i, r] = X[start + r, i] - shift[i]
+        load_tile(X, shift, start, m, y_t)
         np.dot(whiten_t, y_t, z_t)
         for k in range(n_components):
-            for r in range(n_tile):
-                shifted[r] = 0.0
-            for j in range(n_features):
-                c = offsets[k, j]
-                row = k * n_features + j
-                for r in range(n_tile):
-                    v = z_t[row, r] - c
-                    shifted[r] += v * v
-            lc = log_const[k]
-            for r in range(n_tile):
-                resp[k, r] = lc - 0.5 * shifted[r]
+            whitened_densities(z_t, k * n_features, k, offsets, log_const, resp, shifted)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo)
         for k in range(n_components):
             acc = 0.0

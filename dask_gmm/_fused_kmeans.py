@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._fused import _FASTMATH, compiled
+from ._fused import _FASTMATH, compiled, load_tile
 
 FULL, TIED, DIAG, SPHERICAL, NONE = 0, 1, 2, 3, 4
 LAYOUTS = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
@@ -75,9 +75,7 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
     inertia = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        for r in range(m):
-            for i in range(n_features):
-                y_t[i, r] = X[start + r, i] - shift[i]
+        load_tile(X, shift, start, m, y_t)
         for r in range(m):
             colw[r] = w[start + r] if weighted else 1.0
         for r in range(m, n_tile):

@@ -24,11 +24,20 @@ Results agree with the numpy kernels to rounding (tests compare them).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ._estep import log_det_cholesky
-from ._fused import _FASTMATH, _exp_nonpositive, compiled, normalise_tile, tile_rows
+from ._fused import (
+    _FASTMATH,
+    compiled,
+    exponentiate_tile,
+    load_tile,
+    normalise_tile,
+    tile_rows,
+    whitened_densities,
+)
 
 DIAG, SPHERICAL, TIED, FULL = 0, 1, 2, 3
 KINDS = {"diag": DIAG, "spherical": SPHERICAL, "tied": TIED, "full": FULL}
@@ -69,17 +78,7 @@ def _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted,
     if kind == FULL:
         np.dot(whiten, y_t, z_t)
         for k in range(n_components):
-            for r in range(n_tile):
-                shifted[r] = 0.0
-            for j in range(n_features):
-                c = coef[k, j]
-                row = k * n_features + j
-                for r in range(n_tile):
-                    v = z_t[row, r] - c
-                    shifted[r] += v * v
-            lc = const[k]
-            for r in range(n_tile):
-                resp[k, r] = lc - 0.5 * shifted[r]
+            whitened_densities(z_t, k * n_features, k, coef, const, resp, shifted)
         return
     if kind == DIAG:
         for i in range(n_features):
@@ -156,9 +155,7 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     log_likelihood = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        for r in range(m):
-            for i in range(n_features):
-                y_t[i, r] = X[start + r, i] - shift[i]
+        load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo)
         for k in range(n_components):
@@ -212,33 +209,12 @@ def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba
     total = np.empty(n_tile)
     shifted = np.empty(n_tile)
     expo = np.empty(n_tile)
-    scale = np.empty(n_tile, dtype=np.int64)
     best = np.empty(n_tile, dtype=np.int64)
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        for r in range(m):
-            for i in range(n_features):
-                y_t[i, r] = X[start + r, i] - shift[i]
+        load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
-        for r in range(n_tile):
-            top[r] = resp[0, r]
-            best[r] = 0
-        for k in range(1, n_components):
-            for r in range(n_tile):
-                if resp[k, r] > top[r]:
-                    top[r] = resp[k, r]
-                    best[r] = k
-        for r in range(n_tile):
-            if not top[r] > -np.inf:
-                top[r] = 0.0
-            total[r] = 0.0
-        for k in range(n_components):
-            for r in range(n_tile):
-                shifted[r] = resp[k, r] - top[r]
-            _exp_nonpositive(shifted, expo, scale, n_tile)
-            for r in range(n_tile):
-                resp[k, r] = expo[r]
-                total[r] += expo[r]
+        exponentiate_tile(resp, top, total, shifted, expo, best)
         if want_labels:
             for r in range(m):
                 labels[start + r] = best[r]
@@ -252,8 +228,111 @@ def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba
                     proba[start + r, k] = resp[k, r] * inverse
 
 
-def kernel_inputs(params, shift):
+class KernelParts(NamedTuple):
+    """What the kernels' inputs are made of, for one set of parameters (any shift).
+
+    Attributes
+    ----------
+    kind : int
+    means : ndarray of shape (K, D)
+    scale : ndarray
+        DIAG: the precisions (K, D); SPHERICAL: (K, 1); TIED: ``U`` (D, D);
+        FULL: unused (0, 0).
+    whiten : ndarray
+        TIED: ``U^T`` (D, D); FULL: the stacked ``[U_1 ... U_K]^T`` (K D, D);
+        else (0, 0).
+    cap : ndarray of shape (K,)
+        ``log weight_k + log det U_k - D/2 log(2 pi)``.
+    """
+
+    kind: int
+    means: np.ndarray
+    scale: np.ndarray
+    whiten: np.ndarray
+    cap: np.ndarray
+
+
+def kernel_parts(params):
+    """:class:`KernelParts` of ``params`` (numpy; once per request, not per chunk)."""
+    n_components, n_features = params.means.shape
+    kind = KINDS[params.covariance_type]
+    prec_chol = params.prec_chol
+    cap = params.log_mixing()
+    cap += log_det_cholesky(prec_chol, params.covariance_type, n_features)
+    cap -= 0.5 * n_features * math.log(2 * math.pi)
+    cap = np.ascontiguousarray(np.broadcast_to(cap, (n_components,)), dtype=np.float64)
+    scale, whiten = np.zeros((0, 0)), np.zeros((0, 0))
+    if kind == FULL:
+        whiten = prec_chol.transpose(0, 2, 1).reshape(-1, n_features)
+    elif kind == DIAG:
+        scale = prec_chol**2
+    elif kind == SPHERICAL:
+        scale = (prec_chol**2)[:, None]
+    else:
+        scale, whiten = prec_chol, prec_chol.T
+    return KernelParts(kind, np.ascontiguousarray(params.means, dtype=np.float64),
+                       np.ascontiguousarray(scale, dtype=np.float64),
+                       np.ascontiguousarray(whiten, dtype=np.float64), cap)
+
+
+@compiled(fastmath=_FASTMATH)
+def _fill_inputs(kind, means, scale, whiten, cap, shift, coef, const):
+    """A chunk's coefficients and constants from :class:`KernelParts` about ``shift``.
+
+    Each mean is taken about the shift first (``m - shift``, exact when the
+    shift is near the data), as the numpy kernels do. FULL: ``coef`` receives
+    the offsets ``(m_k - shift) U_k``.
+    """
+    n_components, n_features = means.shape
+    local = np.empty(n_features)
+    for k in range(n_components):
+        for j in range(n_features):
+            local[j] = means[k, j] - shift[j]
+        quadratic = 0.0
+        if kind == DIAG:
+            for j in range(n_features):
+                p = scale[k, j]
+                coef[k, j] = local[j] * p
+                coef[k, n_features + j] = -0.5 * p
+                quadratic += p * local[j] * local[j]
+        elif kind == SPHERICAL:
+            p = scale[k, 0]
+            for j in range(n_features):
+                coef[k, j] = local[j] * p
+                quadratic += local[j] * local[j]
+            coef[k, n_features] = -0.5 * p
+            quadratic *= p
+        elif kind == TIED:
+            for j in range(n_features):
+                acc = 0.0
+                for i in range(n_features):
+                    acc += local[i] * scale[i, j]
+                coef[k, j] = acc
+                quadratic += acc * acc
+            coef[k, n_features] = -0.5
+        else:
+            for j in range(n_features):
+                acc = 0.0
+                row = k * n_features + j
+                for i in range(n_features):
+                    acc += local[i] * whiten[row, i]
+                coef[k, j] = acc
+        const[k] = cap[k] - 0.5 * quadratic
+
+
+COEF_WIDTH = {DIAG: lambda d: 2 * d, SPHERICAL: lambda d: d + 1, TIED: lambda d: d + 1,
+              FULL: lambda d: d}
+
+
+def kernel_inputs(params, shift, parts=None):
     """What the compiled kernels take for ``params`` about ``shift``.
+
+    Parameters
+    ----------
+    params : Params
+    shift : ndarray of shape (D,)
+    parts : KernelParts, optional
+        ``kernel_parts(params)``, when the caller keeps it.
 
     Returns
     -------
@@ -264,41 +343,20 @@ def kernel_inputs(params, shift):
         FULL: offsets (K, D); else feature coefficients (K, P).
     const, cap : ndarray of shape (K,)
     """
-    means = params.means - shift
-    n_components, n_features = means.shape
-    kind = KINDS[params.covariance_type]
-    prec_chol = params.prec_chol
-    log_const = params.log_mixing()
-    log_const += log_det_cholesky(prec_chol, params.covariance_type, n_features)
-    log_const -= 0.5 * n_features * math.log(2 * math.pi)
-    log_const = np.broadcast_to(log_const, (n_components,)).copy()
-    whiten = np.zeros((0, 0))
-    if kind == FULL:
-        whiten = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(-1, n_features))
-        coef = np.einsum("kd,kde->ke", means, prec_chol)
-        return kind, whiten, np.ascontiguousarray(coef), log_const, log_const.copy()
-    if kind == DIAG:
-        precisions = prec_chol**2
-        coef = np.hstack([means * precisions, -0.5 * precisions])
-        quadratic = np.einsum("kd,kd->k", means * means, precisions)
-    elif kind == SPHERICAL:
-        precisions = prec_chol**2
-        coef = np.hstack([means * precisions[:, None], -0.5 * precisions[:, None]])
-        quadratic = precisions * np.einsum("kd,kd->k", means, means)
-    else:
-        whiten = np.ascontiguousarray(prec_chol.T)
-        whitened_means = means @ prec_chol
-        coef = np.hstack([whitened_means, np.full((n_components, 1), -0.5)])
-        quadratic = np.einsum("kd,kd->k", whitened_means, whitened_means)
-    return (kind, whiten, np.ascontiguousarray(coef), log_const - 0.5 * quadratic,
-            log_const)
+    parts = kernel_parts(params) if parts is None else parts
+    n_components, n_features = parts.means.shape
+    coef = np.empty((n_components, COEF_WIDTH[parts.kind](n_features)))
+    const = np.empty(n_components)
+    _fill_inputs(parts.kind, parts.means, parts.scale, parts.whiten, parts.cap,
+                 np.asarray(shift, dtype=np.float64), coef, const)
+    return parts.kind, parts.whiten, coef, const, parts.cap
 
 
 def _weights(w):
     return np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
 
 
-def e_step(block, params, stats, cache=None):
+def e_step(block, params, stats, cache=None, parts=None):
     """One row block's E-step and M-step sums into ``stats`` (any covariance type).
 
     Parameters
@@ -309,6 +367,8 @@ def e_step(block, params, stats, cache=None):
         About the chunk's shift; ``nk``, ``s1``, ``s2``, ``n`` and ``rows`` are added to.
     cache : dict or None
         Keeps :func:`kernel_inputs` for the next block of the same chunk.
+    parts : KernelParts, optional
+        ``kernel_parts(params)``, kept by the request for all its chunks.
 
     Returns
     -------
@@ -319,7 +379,7 @@ def e_step(block, params, stats, cache=None):
 
     inputs = None if cache is None else cache.get("inputs")
     if inputs is None:
-        inputs = kernel_inputs(params, stats.shift)
+        inputs = kernel_inputs(params, stats.shift, parts)
         if cache is not None:
             cache["inputs"] = inputs
     kind, whiten, coef, const, cap = inputs
@@ -352,7 +412,7 @@ def prediction_tile_rows(params):
     return LINEAR_TILE_ROWS
 
 
-def predict(rows, params, shift, labels=None, proba=None, scores=None):
+def predict(rows, params, shift, labels=None, proba=None, scores=None, parts=None):
     """Labels, probabilities and scores of finite rows in one pass, into the arrays given.
 
     Parameters
@@ -365,8 +425,10 @@ def predict(rows, params, shift, labels=None, proba=None, scores=None):
     proba : ndarray of shape (n, K), C-contiguous, any float dtype, or None
     scores : ndarray of shape (n,), any float dtype, or None
         Each output given is filled; None skips it.
+    parts : KernelParts, optional
+        ``kernel_parts(params)``, when the caller keeps it.
     """
-    kind, whiten, coef, const, cap = kernel_inputs(params, shift)
+    kind, whiten, coef, const, cap = kernel_inputs(params, shift, parts)
     n_components = len(const)
     rows = rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
     predict_rows(np.ascontiguousarray(rows), np.asarray(shift, dtype=np.float64), kind,

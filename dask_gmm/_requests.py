@@ -148,6 +148,7 @@ class EStep(PassRequest):
 
     def __init__(self, params):
         self.params = params
+        self._parts = None  # the kernels' inputs that do not depend on a chunk
 
     def row_width(self):
         # the compiled kernels work in tiles: blocks need only hold the rows
@@ -166,7 +167,9 @@ class EStep(PassRequest):
         # ~150 MiB, which importing the package need not pay.
         from . import _fused_linear
 
-        return _fused_linear.e_step(block, self.params, stats, context)
+        if self._parts is None:
+            self._parts = _fused_linear.kernel_parts(self.params)
+        return _fused_linear.e_step(block, self.params, stats, context, self._parts)
 
     def accumulate_incomplete(self, incomplete, stats):
         """Observed-data densities and expected complete-data sums (see ``_missing``)."""
@@ -243,6 +246,7 @@ class LogLikelihood(PassRequest):
 
     def __init__(self, params):
         self.params = params
+        self._parts = None
 
     def row_width(self):
         return self.params.means.shape[1]  # the compiled kernel works in tiles
@@ -253,8 +257,11 @@ class LogLikelihood(PassRequest):
     def accumulate(self, block, stats, context=None):
         from . import _fused_linear
 
+        if self._parts is None:
+            self._parts = _fused_linear.kernel_parts(self.params)
         log_norm = np.empty(block.n)
-        _fused_linear.predict(block.rows, self.params, stats.shift, scores=log_norm)
+        _fused_linear.predict(block.rows, self.params, stats.shift, scores=log_norm,
+                              parts=self._parts)
         stats.n += block.total_weight()
         stats.rows += block.n
         return weighted_sum(log_norm, block.w)

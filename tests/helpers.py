@@ -56,3 +56,33 @@ def count_computes():
 
 def as_dask(X, chunks):
     return da.from_array(X, chunks=(chunks, X.shape[1]))
+
+
+def ill_conditioned_case():
+    """Two components with condition numbers near 1e8, data far from the origin.
+
+    Returns
+    -------
+    X : ndarray of shape (4000, 3)
+    gm : scikit-learn GaussianMixture fitted to X
+    exact : ndarray of shape (4000,)
+        Each row's log-likelihood under ``gm``, computed in long double.
+    """
+    from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+
+    rng = np.random.RandomState(0)
+    a = rng.normal(size=(2000, 3)) * [1, 1e-3, 1e-4]
+    b = rng.normal(size=(2000, 3)) * [1e-4, 1, 1e-3] + [30, -20, 10]
+    X = np.vstack([a, b]) @ np.linalg.qr(rng.normal(size=(3, 3)))[0] + 100
+    gm = SklearnGaussianMixture(2, random_state=0, reg_covar=1e-12).fit(X)
+    Xl = X.astype(np.longdouble)
+    per_component = []
+    for k in range(2):
+        U = gm.precisions_cholesky_[k].astype(np.longdouble)
+        z = (Xl - gm.means_[k].astype(np.longdouble)) @ U
+        per_component.append(-0.5 * (3 * np.log(2 * np.pi) + (z * z).sum(axis=1))
+                             + np.log(np.diag(U)).sum() + np.log(gm.weights_[k]))
+    per_component = np.array(per_component).T
+    top = per_component.max(axis=1)
+    exact = top + np.log(np.exp(per_component - top[:, None]).sum(axis=1))
+    return X, gm, exact

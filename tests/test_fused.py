@@ -14,6 +14,8 @@ from dask_gmm._predict import log_resp_and_norm
 from dask_gmm._requests import EStep, chunk_pass
 from dask_gmm._stats import accumulate, empty_stats
 
+from .helpers import ill_conditioned_case
+
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 
 
@@ -245,26 +247,10 @@ def test_compiled_hard_assignment_equals_numpy(covariance_type, n_rows, dtype, w
 def test_compiled_kernels_stay_accurate_for_ill_conditioned_components():
     """Condition number ~1e8, data far from the origin: scores and the E-step's
     log-likelihood against long double, as the numpy kernels are tested."""
-    from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
-
     from dask_gmm._predict import row_outputs
 
-    rng = np.random.RandomState(0)
-    a = rng.normal(size=(2000, 3)) * [1, 1e-3, 1e-4]
-    b = rng.normal(size=(2000, 3)) * [1e-4, 1, 1e-3] + [30, -20, 10]
-    X = np.vstack([a, b]) @ np.linalg.qr(rng.normal(size=(3, 3)))[0] + 100
-    gm = SklearnGaussianMixture(2, random_state=0, reg_covar=1e-12).fit(X)
+    X, gm, exact = ill_conditioned_case()
     params = Params(gm.weights_, gm.means_, gm.precisions_cholesky_, "full")
-    Xl = X.astype(np.longdouble)
-    per_component = []
-    for k in range(2):
-        U = gm.precisions_cholesky_[k].astype(np.longdouble)
-        z = (Xl - gm.means_[k].astype(np.longdouble)) @ U
-        per_component.append(-0.5 * (3 * np.log(2 * np.pi) + (z * z).sum(axis=1))
-                             + np.log(np.diag(U)).sum() + np.log(gm.weights_[k]))
-    per_component = np.array(per_component).T
-    top = per_component.max(axis=1)
-    exact = top + np.log(np.exp(per_component - top[:, None]).sum(axis=1))
     scores = row_outputs(X, params, ("score_samples",), np.float64)["score_samples"]
     assert np.abs(scores - exact).max() < 1e-8
     total = chunk_pass(X, [EStep(params)])[0].log_likelihood

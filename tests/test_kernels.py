@@ -27,7 +27,7 @@ from dask_gmm._requests import (
 )
 from dask_gmm._stats import combine_stats, translate_stats, unpack_symmetric
 
-from .helpers import COVARIANCE_TYPES, blobs
+from .helpers import COVARIANCE_TYPES, blobs, ill_conditioned_case
 
 
 def fitted_reference(covariance_type):
@@ -208,23 +208,9 @@ def test_quadratic_features_are_the_packed_outer_products():
 
 def test_log_density_stays_accurate_for_ill_conditioned_components():
     """Condition number ~1e8, data far from the origin: compare with long double."""
-    rng = np.random.RandomState(0)
-    a = rng.normal(size=(2000, 3)) * [1, 1e-3, 1e-4]
-    b = rng.normal(size=(2000, 3)) * [1e-4, 1, 1e-3] + [30, -20, 10]
-    X = np.vstack([a, b]) @ np.linalg.qr(rng.normal(size=(3, 3)))[0] + 100
-    gm = SklearnGaussianMixture(2, random_state=0, reg_covar=1e-12).fit(X)
+    X, gm, exact = ill_conditioned_case()
     params = Params(gm.weights_, gm.means_, gm.precisions_cholesky_, "full")
     ours = log_resp_and_norm(X, params)[1]
-    Xl = X.astype(np.longdouble)
-    per_component = []
-    for k in range(2):
-        U = gm.precisions_cholesky_[k].astype(np.longdouble)
-        z = (Xl - gm.means_[k].astype(np.longdouble)) @ U
-        per_component.append(-0.5 * (3 * np.log(2 * np.pi) + (z * z).sum(axis=1))
-                             + np.log(np.diag(U)).sum() + np.log(gm.weights_[k]))
-    per_component = np.array(per_component).T
-    top = per_component.max(axis=1)
-    exact = top + np.log(np.exp(per_component - top[:, None]).sum(axis=1))
     ours_error = np.abs(ours - exact).max()
     sklearn_error = np.abs(gm.score_samples(X) - exact).max()
     assert ours_error < 1e-8
