@@ -123,6 +123,13 @@ def check_rows(rows, block_start=0, where="", place=None, kept=None):
     :func:`check_finite_rows`); ``kept`` gives each row's position in its block
     when masked rows were taken out.
     """
+    flat = rows.reshape(-1)
+    # The common case in one BLAS pass: a finite sum of squares below 1e200
+    # means every value is finite and below LARGEST_MAGNITUDE.
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = float(flat @ flat) if flat.size else 0.0
+    if math.isfinite(squares) and squares < LARGEST_MAGNITUDE**2:
+        return
     low, high = float(rows.min(initial=0.0)), float(rows.max(initial=0.0))
     if not (math.isfinite(low) and math.isfinite(high)):
         check_finite_rows(rows, block_start, where, place=place)

@@ -398,6 +398,20 @@ def test_huge_finite_values_are_named_as_overflow():
             GaussianMixture(2, random_state=0).fit(data)
 
 
+def test_large_values_below_the_limit_pass_the_row_check():
+    # the check's one-pass sum of squares overflows here; the exact check then passes
+    from dask_gmm._estep import check_rows
+
+    many = np.full((4000, 3), 9e98)
+    check_rows(many)  # each square is finite, their sum is not below 1e200
+    check_rows(np.full((10, 2), 1e20, dtype=np.float32))  # squares overflow float32
+    check_rows(np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        check_rows(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="overflow"):
+        check_rows(np.array([[1.0, -2e100]]))
+
+
 # ------------------------------------------------------------ resources and failures
 
 
