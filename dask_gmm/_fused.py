@@ -1,4 +1,10 @@
-"""Compiled (numba) kernel for the full-covariance E-step.
+"""Compiled (numba) kernel for the full-covariance E-step, and what every tile kernel shares.
+
+Shared by the kernels of ``_fused_linear``, ``_fused_kmeans`` and
+``_fused_missing``: the :func:`compiled` decorator, tile sizes, loading a tile
+of rows (:func:`load_tile`), whitened densities, the tile's max and
+exponential (:func:`exponentiate_tile`, with an exponential and a log that
+vectorise) and its weighted responsibilities (:func:`normalise_tile`).
 
 For full covariances numpy has to materialise every intermediate of an EM
 iteration: the whitened rows of all components (``n x K D``), their squares,
