@@ -110,6 +110,15 @@ def main(argv=None):
     marginal = seconds_per_iteration(da.from_array(Xm, chunks=chunks), "marginalize", means)
     incomplete = float(np.isnan(Xm).any(axis=1).mean())
     median_patterns, most_patterns = pattern_counts(Xm)
+    # the worst case for patterns: 30% of 32 features missing, nearly every row its own
+    wide_samples = n_samples // 5
+    Xw, means_w = make_data(wide_samples, 32, 8)
+    Xwm = with_holes(Xw, 0.3)
+    wide_chunks = (62_500, 32)
+    plain_w = seconds_per_iteration(da.from_array(Xw, chunks=wide_chunks), "raise", means_w)
+    marginal_w = seconds_per_iteration(da.from_array(Xwm, chunks=wide_chunks), "marginalize",
+                                       means_w)
+    wide_patterns, _ = pattern_counts(Xwm)
     print(f"cost: {plain:.3f} s/iter complete, {marginal:.3f} s/iter with 10% missing "
           f"({marginal / plain:.2f}x)", flush=True)
     lines = machine_summary() + [
@@ -137,6 +146,16 @@ def main(argv=None):
         "|---|---|---|",
         f"| complete | {plain:.3f} | 1.00 |",
         f"| 10% missing, marginalize | {marginal:.3f} | {marginal / plain:.2f} |",
+        "",
+        f"Many patterns: N={wide_samples:,}, D=32, K=8, full, 30% of values missing, so "
+        f"a chunk of 62,500 rows holds {wide_patterns:,} distinct patterns (nearly one per "
+        "row), each missing about 10 features: the compiled E-step factors every one per "
+        "component, in runs of bounded memory. Against the same data complete:",
+        "",
+        "| data | s/iter | ratio |",
+        "|---|---|---|",
+        f"| complete | {plain_w:.3f} | 1.00 |",
+        f"| 30% missing, marginalize | {marginal_w:.3f} | {marginal_w / plain_w:.2f} |",
     ]
     if not args.no_write:
         write_section("missing", "Missing values (nan_policy='marginalize')", lines)
