@@ -96,13 +96,18 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
     n, n_features = X.shape
     place = place or RowPlace()
     shift = chunk_shift(X)
+    # Under 'raise' every row is written (a NaN is an error); otherwise rows left
+    # out keep the fill values.
+    def allocate(shape, fill, dtype):
+        return np.empty(shape, dtype) if nan_policy == "raise" else np.full(shape, fill, dtype)
+
     out = {}
     if "labels" in names:
-        out["labels"] = np.full(n, -1, dtype=np.int64)
+        out["labels"] = allocate(n, -1, np.int64)
     if "proba" in names:
-        out["proba"] = np.full((n, len(params.weights)), np.nan, dtype=dtype)
+        out["proba"] = allocate((n, len(params.weights)), np.nan, dtype)
     if "score_samples" in names:
-        out["score_samples"] = np.full(n, np.nan, dtype=dtype)
+        out["score_samples"] = allocate(n, np.nan, dtype)
     for start, rows, _ in row_blocks(X, None, block_rows(n_features)):
         complete, _, kept = screen_rows(rows, None, nan_policy != "raise", start, place)
         if kept is None:  # every row complete: the kernel writes in place
