@@ -232,7 +232,19 @@ def exponentiate_tile(resp, top, total, shifted, expo, best):
 
 
 @compiled(fastmath=_FASTMATH)
-def normalise_tile(resp, m, w, start, top, total, shifted, expo):
+def packed_products(y_t, quad_t):
+    """``quad_t[t] = y_t[i] * y_t[j]`` for ``i <= j`` in row-major order: shape (T, n_tile)."""
+    n_features = y_t.shape[0]
+    t = 0
+    for i in range(n_features):
+        for j in range(i, n_features):
+            for r in range(y_t.shape[1]):
+                quad_t[t, r] = y_t[i, r] * y_t[j, r]
+            t += 1
+
+
+@compiled(fastmath=_FASTMATH)
+def normalise_tile(resp, m, w, start, top, total, shifted, expo, nk):
     """Log densities of a tile into weighted responsibilities, in place.
 
     Parameters
@@ -248,6 +260,8 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo):
     start : int
     top, total, shifted, expo : ndarray of shape (n_tile,)
         Work buffers.
+    nk : ndarray of shape (K,)
+        Adds each component's ``sum w r`` over the tile.
 
     Returns
     -------
@@ -266,8 +280,11 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo):
     for r in range(m, n_tile):
         total[r] = 0.0
     for k in range(resp.shape[0]):
+        acc = 0.0
         for r in range(n_tile):
             resp[k, r] *= total[r]
+            acc += resp[k, r]
+        nk[k] += acc
     return log_likelihood
 
 
@@ -324,18 +341,8 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
         np.dot(whiten_t, y_t, z_t)
         for k in range(n_components):
             whitened_densities(z_t, k * n_features, k, offsets, log_const, resp, shifted)
-        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo)
-        for k in range(n_components):
-            acc = 0.0
-            for r in range(n_tile):
-                acc += resp[k, r]
-            nk[k] += acc
-        t = 0
-        for i in range(n_features):
-            for j in range(i, n_features):
-                for r in range(n_tile):
-                    quad_t[t, r] = y_t[i, r] * y_t[j, r]
-                t += 1
+        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
+        packed_products(y_t, quad_t)
         np.dot(resp, y_t.T, s1_tile)
         s1 += s1_tile
         np.dot(resp, quad_t.T, s2_tile)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._fused import _FASTMATH, compiled, load_tile
+from ._fused import _FASTMATH, compiled, load_tile, packed_products
 
 FULL, TIED, DIAG, SPHERICAL, NONE = 0, 1, 2, 3, 4
 LAYOUTS = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
@@ -113,12 +113,7 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
             np.dot(yw_t, y_t.T, s2_tile)
         else:
             if layout == FULL:
-                t = 0
-                for i in range(n_features):
-                    for j in range(i, n_features):
-                        for r in range(n_tile):
-                            squares[t, r] = y_t[i, r] * y_t[j, r]
-                        t += 1
+                packed_products(y_t, squares)
             elif layout == DIAG:
                 for i in range(n_features):
                     for r in range(n_tile):

@@ -157,12 +157,7 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
         m = min(n_tile, n - start)
         load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
-        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo)
-        for k in range(n_components):
-            acc = 0.0
-            for r in range(n_tile):
-                acc += resp[k, r]
-            nk[k] += acc
+        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
         if kind == TIED:
             np.dot(resp, y_t.T, sums_tile)
             for i in range(n_features):
