@@ -4,7 +4,8 @@
    random. Each way of handling the holes is compared with the fit on the
    complete data (which nobody has in practice): the largest distance of a
    fitted mean to its complete-data counterpart, and the share of rows whose
-   label agrees with the complete-data fit's.
+   label agrees with the complete-data fit's. The same for the variational
+   mixture given 6 components for 3 clusters: how many it keeps, and how close.
 2. Cost. N=1,000,000, D=16, K=8, full covariance: seconds per EM iteration with
    10% of values missing at random against the same data with none missing, in
    one run, and how many distinct missingness patterns the row blocks hold.
@@ -22,7 +23,7 @@ import dask.array as da
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
-from dask_gmm import GaussianMixture
+from dask_gmm import BayesianGaussianMixture, GaussianMixture
 
 from ._common import machine_summary, write_section
 from .bench_em_iteration import make_data
@@ -69,7 +70,33 @@ def recovery(n_samples=20_000):
     imputed = np.where(np.isnan(Xm), np.nanmean(Xm, axis=0), Xm)
     mean_fill = GaussianMixture(3, random_state=0).fit(imputed)
     rows.append(("mean imputation", *compare(reference, mean_fill, X, imputed)))
-    return rows, float(complete_rows.mean())
+    bayesian = []
+    for name, policy, data, seen, labelled in (
+            ("none missing (the complete data)", "raise", X, X, X),
+            ("marginalize", "marginalize", da.from_array(Xm, chunks=(5000, 8)), Xm, X),
+            ("omit (only complete rows get a label)", "omit", Xm, Xm[complete_rows],
+             X[complete_rows]),
+            ("mean imputation", "raise", imputed, imputed, X)):
+        model = BayesianGaussianMixture(n_components=6, weight_concentration_prior=1e-3,
+                                        max_iter=2000, random_state=0, nan_policy=policy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(data)
+        share = float(len(seen)) / len(X)
+        bayesian.append((name, *compare_kept(reference, model, labelled, seen), share))
+    return rows, bayesian, float(complete_rows.mean())
+
+
+def compare_kept(reference, fitted, X_complete, X_seen):
+    """Components kept (weight >= 1%), their largest mean error against the nearest
+    reference component, and label agreement through that matching."""
+    kept = np.flatnonzero(np.asarray(fitted.weights_) >= 0.01)
+    nearest = np.array([int(np.argmin(((reference.means_ - m) ** 2).sum(axis=1)))
+                        for m in fitted.means_])
+    error = float(np.abs(fitted.means_[kept] - reference.means_[nearest[kept]]).max())
+    agree = float(np.mean(nearest[np.asarray(fitted.predict(X_seen))]
+                          == reference.predict(X_complete)))
+    return len(kept), error, agree
 
 
 def seconds_per_iteration(X, policy, means):
@@ -101,7 +128,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="N=200,000 for the cost")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    rows, kept = recovery()
+    rows, bayesian, kept = recovery()
     n_samples = 200_000 if args.quick else 1_000_000
     X, means = make_data(n_samples, 16, 8)
     Xm = with_holes(X, 0.1)
@@ -133,6 +160,21 @@ def main(argv=None):
     ]
     for name, error, agree, _ in rows:
         lines.append(f"| {name} | {error:.3f} | {agree:.1%} |")
+    lines += [
+        "",
+        "The variational mixture (`BayesianGaussianMixture(n_components=6, "
+        "weight_concentration_prior=1e-3)`) on the same data: the components it keeps "
+        "(weight >= 1%), their largest mean error against the complete-data fit above, and "
+        "the share of all rows labelled as that fit labels them. Variational fits "
+        "converge slowly here (several hundred iterations, complete data included), so "
+        "`max_iter=2000`.",
+        "",
+        "| handling of missing values | components kept (of 6) | largest mean error "
+        "| labels agreeing |",
+        "|---|---|---|---|",
+    ]
+    for name, n_kept, error, agree, share in bayesian:
+        lines.append(f"| {name} | {n_kept} | {error:.3f} | {agree * share:.1%} |")
     lines += [
         "",
         f"Cost: N={n_samples:,}, D=16, K=8, full covariance, chunks of 62,500 rows, same "

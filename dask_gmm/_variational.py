@@ -18,6 +18,24 @@ precision.
   ``sum_k c_k N_k - 1/2 sum_k tr(Lambda_k S_k) - sum_n log p(x_n)``, where
   ``S_k`` is the scatter about the E-step's means, which the pass's
   statistics already hold (:func:`responsibility_entropy`).
+
+Missing features (``nan_policy='marginalize'``) need nothing of their own
+here. The posterior is mean-field over (labels, missing features) and
+(weights, means, precisions). As a function of a row's missing block,
+``E[log N(x | mu_k, Lambda_k)]`` is the log density of ``N(mean_k, P_k^-1)``
+(``P_k = nu_k W_k``, scikit-learn's ``precisions_``) plus the constants above,
+so:
+
+- a row's weight for component k is the Gaussian E-step's observed-data
+  marginal under ``(means_, covariances_)`` with the same constants, and
+  ``q(x_m | k)`` is that Gaussian's conditional: the marginal E-step of
+  ``_missing`` and ``_fused_missing`` serves both models;
+- the M-step takes the expected statistics (conditional means, plus the
+  conditional covariance in the second moments) unchanged;
+- the lower bound gains the entropy of ``q(x_m | k)``, and
+  :func:`responsibility_entropy` applied to the expected statistics already
+  returns ``sum r log r`` minus exactly that entropy, since the observed
+  marginal's log density is the expected complete-data one plus it.
 """
 
 from __future__ import annotations

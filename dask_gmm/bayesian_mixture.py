@@ -90,8 +90,13 @@ class BayesianGaussianMixture(BaseMixture):
         Default: ``n_features``.
     covariance_prior : float or array-like, default=None
         Default: the data's covariance (shaped by ``covariance_type``; ``ddof=1``).
-    random_state, warm_start, verbose, verbose_interval, nan_policy
+    random_state, warm_start, verbose, verbose_interval
         As in :class:`~dask_gmm.GaussianMixture`.
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        As in :class:`~dask_gmm.GaussianMixture`. Under 'marginalize' the
+        variational posterior also covers each row's missing features (see
+        ``_variational``): rows count through their observed features and
+        ``lower_bound_`` includes the missing features' entropy.
 
     Attributes
     ----------
@@ -157,8 +162,6 @@ class BayesianGaussianMixture(BaseMixture):
     def _validate_hyperparameters(self):
         self._validate_shared_hyperparameters()
         owner = type(self).__name__
-        # the variational bound with marginalised features is not written yet
-        check_option("nan_policy", self.nan_policy, ("raise", "omit"), owner)
         check_option("weight_concentration_prior_type",
                      self.weight_concentration_prior_type, WEIGHT_PRIOR_TYPES, owner)
         _check_positive_or_none("weight_concentration_prior",

@@ -387,6 +387,35 @@ def test_missing_zarr_chunks_with_a_nan_fill_value_are_masked_under_omit(tmp_pat
     np.testing.assert_allclose(fitted.means_, reference.means_, rtol=1e-6)
 
 
+def test_missing_values_marginalised_by_fit_and_predict(tmp_path):
+    """--nan-policy marginalize, plain and --bayesian: rows with holes are fitted on
+    and labelled through their observed features, as the library does it."""
+    from dask_gmm import BayesianGaussianMixture
+
+    rng = np.random.RandomState(5)
+    X = np.concatenate([rng.normal(size=(1500, 3)), rng.normal(size=(1500, 3)) + 5])
+    X = X[rng.permutation(3000)]
+    X[rng.rand(*X.shape) < 0.2] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    path = tmp_path / "holes.zarr"
+    zarr.create_array(path, shape=X.shape, chunks=(500, 3), dtype="f8")[:] = X
+    for flags, estimator in (([], GaussianMixture),
+                             (["--bayesian"], BayesianGaussianMixture)):
+        model_path = tmp_path / f"model{len(flags)}.npz"
+        out = tmp_path / f"labels{len(flags)}.zarr"
+        dask_gmm("fit", path, *flags, "-k", 2, "--seed", 0, "--nan-policy", "marginalize",
+                 "--out", model_path, "--no-progress")
+        model = load(model_path)
+        assert type(model) is estimator and model.nan_policy == "marginalize"
+        reference = estimator(n_components=2, random_state=0,
+                              nan_policy="marginalize").fit(X)
+        np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-6)
+        dask_gmm("predict", path, "--model", model_path, "--out", out, "--no-progress")
+        labels = zarr.open_group(out, mode="r")["labels"][:]
+        assert (labels >= 0).all()
+        np.testing.assert_array_equal(labels, reference.predict(X))
+
+
 def test_bayesian_fit_sweep_and_info(generated, tmp_path):
     """--bayesian: -k is an upper bound; info and the sweep table show effective components."""
     _, paths = generated
