@@ -245,6 +245,19 @@ def dense_variational_e_step(X, w, model):
     return log_rho, filled, conditional
 
 
+def shaped_covariances(nk, scatter, covariance_type, reg_covar):
+    """Per-component scatter matrices ``(K, D, D)`` in ``covariance_type``'s shape."""
+    eye = np.eye(scatter.shape[1])
+    if covariance_type == "full":
+        return scatter + reg_covar * eye
+    if covariance_type == "tied":
+        return np.einsum("k,kij->ij", nk, scatter) / nk.sum() + reg_covar * eye
+    variances = np.diagonal(scatter, axis1=1, axis2=2)
+    if covariance_type == "diag":
+        return variances + reg_covar
+    return variances.mean(axis=1) + reg_covar
+
+
 def dense_variational_fit(X, w, model, n_iter):
     """``n_iter`` mean-field iterations from ``model``'s posterior; the posteriors'
     attributes and lower bounds. The M-step from the filled statistics is the
@@ -259,8 +272,6 @@ def dense_variational_fit(X, w, model, n_iter):
                     np.asarray(model.mean_prior_, np.float64),
                     model.degrees_of_freedom_prior_,
                     np.asarray(model.covariance_prior_, np.float64))
-    n_features = X.shape[1]
-    eye = np.eye(n_features)
     current, bounds = model, []
     for _ in range(n_iter):
         log_rho, filled, conditional = dense_variational_e_step(X, w, current)
@@ -272,12 +283,7 @@ def dense_variational_fit(X, w, model, n_iter):
             (np.einsum("n,ni,nj->ij", resp[:, k], filled[:, k] - xk[k], filled[:, k] - xk[k])
              + np.einsum("n,nij->ij", resp[:, k], conditional[:, k])) / nk[k]
             for k in range(len(nk))])
-        sk = {"full": lambda: scatter + model.reg_covar * eye,
-              "tied": lambda: np.einsum("k,kij->ij", nk, scatter) / nk.sum()
-              + model.reg_covar * eye,
-              "diag": lambda: np.diagonal(scatter, axis1=1, axis2=2) + model.reg_covar,
-              "spherical": lambda: np.diagonal(scatter, axis1=1, axis2=2).mean(axis=1)
-              + model.reg_covar}[cov_type]()
+        sk = shaped_covariances(nk, scatter, cov_type, model.reg_covar)
         params = variational_m_step(nk, xk, sk, priors, cov_type, prior_type)
         # the bound's data term: the entropy of q(labels) and of q(missing | label)
         log_det_conditional = np.zeros_like(log_rho)
