@@ -27,6 +27,19 @@ def full_covariance(covariances, k, covariance_type, n_features):
     return np.eye(n_features) * covariances[k]
 
 
+def shaped_covariances(nk, scatter, covariance_type, reg_covar):
+    """Per-component scatter matrices ``(K, D, D)`` in ``covariance_type``'s shape."""
+    eye = np.eye(scatter.shape[1])
+    if covariance_type == "full":
+        return scatter + reg_covar * eye
+    if covariance_type == "tied":
+        return np.einsum("k,kij->ij", nk, scatter) / nk.sum() + reg_covar * eye
+    variances = np.diagonal(scatter, axis1=1, axis2=2)
+    if covariance_type == "diag":
+        return variances + reg_covar
+    return variances.mean(axis=1) + reg_covar
+
+
 def dense_em(X, w, weights, means, covariances, covariance_type, n_iter, reg_covar=1e-6):
     """``n_iter`` EM iterations with missing values; returns parameters and lower bounds."""
     n, n_features = X.shape
@@ -59,15 +72,7 @@ def dense_em(X, w, weights, means, covariances, covariance_type, n_iter, reg_cov
             centred = filled[:, k] - means[k]
             scatter[k] = (np.einsum("n,ni,nj->ij", resp[:, k], centred, centred)
                           + np.einsum("n,nij->ij", resp[:, k], conditional[:, k])) / nk[k]
-        eye = np.eye(n_features)
-        if covariance_type == "full":
-            covariances = scatter + reg_covar * eye
-        elif covariance_type == "tied":
-            covariances = np.einsum("k,kij->ij", nk, scatter) / nk.sum() + reg_covar * eye
-        elif covariance_type == "diag":
-            covariances = np.diagonal(scatter, axis1=1, axis2=2) + reg_covar
-        else:
-            covariances = np.diagonal(scatter, axis1=1, axis2=2).mean(axis=1) + reg_covar
+        covariances = shaped_covariances(nk, scatter, covariance_type, reg_covar)
         weights = nk / nk.sum()
     return weights, means, covariances, bounds
 
@@ -243,19 +248,6 @@ def dense_variational_e_step(X, w, model):
                              - 0.5 * o.sum() * np.log(2 * np.pi) - 0.5 * log_det_mm
                              - 0.5 * dof[k] * d_o @ schur @ d_o)
     return log_rho, filled, conditional
-
-
-def shaped_covariances(nk, scatter, covariance_type, reg_covar):
-    """Per-component scatter matrices ``(K, D, D)`` in ``covariance_type``'s shape."""
-    eye = np.eye(scatter.shape[1])
-    if covariance_type == "full":
-        return scatter + reg_covar * eye
-    if covariance_type == "tied":
-        return np.einsum("k,kij->ij", nk, scatter) / nk.sum() + reg_covar * eye
-    variances = np.diagonal(scatter, axis1=1, axis2=2)
-    if covariance_type == "diag":
-        return variances + reg_covar
-    return variances.mean(axis=1) + reg_covar
 
 
 def dense_variational_fit(X, w, model, n_iter):
