@@ -366,7 +366,8 @@ def take_complete_rows(rows, out, positions):
     -------
     n_kept : int
     n_infinite : int
-        Rows holding infinity (an error whatever the policy).
+        Rows holding infinity (an error whatever the policy: those rows'
+        copies are not made).
     low, high : float
         Smallest and largest value among the kept rows (for the magnitude check).
     """
@@ -375,23 +376,22 @@ def take_complete_rows(rows, out, positions):
     n_infinite = 0
     low, high = np.inf, -np.inf
     for i in range(n):
-        complete = True
-        infinite = False
+        probe = 0.0
         for j in range(n_features):
-            value = rows[i, j]
-            if np.isnan(value):
-                complete = False
-            elif np.isinf(value):
-                infinite = True
-        if infinite:
-            n_infinite += 1
-        if not complete:
+            probe += rows[i, j] * 0.0  # NaN when the row holds NaN or infinity
+        if probe != 0.0:
+            infinite = 0
+            for j in range(n_features):
+                infinite += np.isinf(rows[i, j])
+            n_infinite += infinite > 0
             continue
         for j in range(n_features):
             value = rows[i, j]
             out[n_kept, j] = value
-            low = min(low, value)
-            high = max(high, value)
+            if value < low:
+                low = value
+            if value > high:
+                high = value
         positions[n_kept] = i
         n_kept += 1
     return n_kept, n_infinite, low, high

@@ -12,9 +12,11 @@ factored once per component (``O(patterns x K x q³)``, by a small Cholesky
 written out: a LAPACK call and its copies cost more than the factorisation of
 a 2 x 2 block), one product per tile of rows gives ``Λ_k (x - shift)`` for
 every component, and each row is then handled in a loop over its components. The
-second moments of a row, ``x̂ x̂ᵀ``, are summed as products of tiles of
-filled rows (one BLAS call per component per tile), and the conditional
-covariances once per pattern with the pattern's total responsibility. The
+second moments ``x̂ x̂ᵀ`` split into the observed part, shared by every
+component (packed products of a tile, one BLAS call with the tile's
+responsibilities, as for complete rows), and the parts at the q missing
+features (``q x D`` per row and component); the conditional covariances are
+added once per pattern with the pattern's total responsibility. The
 per-pattern numbers one call holds are bounded (``PATTERN_FLOATS``): a chunk
 where nearly every row has a pattern of its own is taken in several calls.
 Results agree with ``_missing``'s numpy route (tests compare them).
@@ -26,7 +28,7 @@ import math
 
 import numpy as np
 
-from ._fused import _FASTMATH, _exp_nonpositive, compiled
+from ._fused import _FASTMATH, _exp_nonpositive, compiled, packed_products
 
 LOG_2PI = math.log(2 * math.pi)
 TILE_ROWS = 128
@@ -42,31 +44,41 @@ def _inverse_of_block(matrices, k, indices, p, q, lower, out):
     returns its log-determinant.
 
     The blocks are small (the missing features of one row), where a loop beats a
-    LAPACK call and its copies.
+    LAPACK call and its copies. Divisions, square roots and logarithms are the
+    slow steps at this size: one of each per column.
     """
     for a in range(q):
+        row = indices[p, a]
         for b in range(a + 1):
-            acc = matrices[k, indices[p, a], indices[p, b]]
-            for c in range(b):
-                acc -= lower[a, c] * lower[b, c]
-            if a == b:
-                lower[a, a] = math.sqrt(acc)
-            else:
-                lower[a, b] = acc / lower[b, b]
+            lower[a, b] = matrices[k, row, indices[p, b]]
+    # the diagonal of L^-1 (the reciprocals) goes straight into out
+    product = 1.0
     log_det = 0.0
-    for a in range(q):
-        log_det += 2.0 * math.log(lower[a, a])
-    # columns of L^-1 (lower triangular), kept in out's upper part transposed
+    for j in range(q):
+        acc = lower[j, j]
+        for c in range(j):
+            acc -= lower[j, c] * lower[j, c]
+        root = math.sqrt(acc)
+        lower[j, j] = root
+        product *= root
+        if not 1e-150 < product < 1e150:  # keep the product in range
+            log_det += math.log(product)
+            product = 1.0
+        inverse_root = 1.0 / root
+        out[j, j] = inverse_root
+        for a in range(j + 1, q):
+            acc = lower[a, j]
+            for c in range(j):
+                acc -= lower[a, c] * lower[j, c]
+            lower[a, j] = acc * inverse_root
+    log_det = 2.0 * (log_det + math.log(product))
+    # L^-1, lower triangular, into out's lower part (its diagonal is already there)
     for b in range(q):
-        for a in range(q):
-            out[a, b] = 0.0
-    for b in range(q):
-        out[b, b] = 1.0 / lower[b, b]
         for a in range(b + 1, q):
             acc = 0.0
             for c in range(b, a):
                 acc -= lower[a, c] * out[c, b]
-            out[a, b] = acc / lower[a, a]
+            out[a, b] = acc * out[a, a]
     # inv = L^-T L^-1: (i, j) = sum_c Linv[c, i] Linv[c, j], c >= max(i, j)
     for i in range(q):
         for j in range(i, q):
@@ -178,12 +190,20 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
     shifted = np.empty(n_components)
     scale = np.empty(n_components, dtype=np.int64)
     fills = np.empty((n_components, n_features))
-    # filled rows with a 1 appended, and the same times w r_k: one product per
-    # tile and component gives sum w r_k x̂ x̂ᵀ and, in its last column, sum w r_k x̂
-    filled_t = np.zeros((n_components, n_tile, n_features + 1))
-    scaled = np.zeros((n_components, n_tile, n_features + 1))
+    # x̂ x̂ᵀ = base baseᵀ + (base fᵀ + f baseᵀ) + f fᵀ, where the fill f is
+    # non-zero only at the missing features: the first term is shared by every
+    # component (packed products of the tile, one product with the tile's
+    # responsibilities, as for complete rows); the others are q x D per row.
+    n_packed = n_features * (n_features + 1) // 2
+    base_t = np.zeros((n_features, n_tile))
+    quad_t = np.empty((n_packed, n_tile))
+    resp_t = np.zeros((n_components, n_tile))
+    s1_tile = np.empty((n_components, n_features))
+    s2_tile = np.empty((n_components, n_packed))
+    packed = np.zeros((n_components, n_packed))
+    cross = np.zeros((n_components, n_features, n_features))
+    fill_sum = np.zeros((n_components, n_features))
     mass = np.zeros((n_patterns, n_components))
-    tile_sum = np.empty((n_features + 1, n_features + 1))
     log_likelihood = 0.0
     p = 0
     for begin in range(0, n, n_tile):
@@ -232,27 +252,52 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
             log_likelihood += weight * (top + math.log(total))
             for k in range(n_components):
                 a_k = weight * log_prob[k] / total
-                nk[k] += a_k
+                resp_t[k, r] = a_k
                 mass[pr, k] += a_k
-                for j in range(n_features):
-                    filled_t[k, r, j] = base_rows[r, j]
-                filled_t[k, r, n_features] = 1.0
                 for a in range(q):
                     j = missing[pr, a]
-                    filled_t[k, r, j] = fills[k, a]
-                    imputed[j] += a_k * (fills[k, a] + shift[j])
-                for j in range(n_features + 1):
-                    scaled[k, r, j] = a_k * filled_t[k, r, j]
+                    fill = a_k * fills[k, a]
+                    fill_sum[k, j] += fill
+                    for i in range(n_features):
+                        cross[k, j, i] += fill * base_rows[r, i]
+                    for b in range(q):
+                        s2[k, j, missing[pr, b]] += fill * fills[k, b]
         for k in range(n_components):
             for r in range(m, n_tile):  # a last, partial tile
-                for j in range(n_features + 1):
-                    filled_t[k, r, j] = 0.0
-                    scaled[k, r, j] = 0.0
-            np.dot(scaled[k].T, filled_t[k], tile_sum)
-            for i in range(n_features):
-                for j in range(n_features):
-                    s2[k, i, j] += tile_sum[i, j]
-                s1[k, i] += tile_sum[i, n_features]
+                resp_t[k, r] = 0.0
+        for k in range(n_components):
+            acc = 0.0
+            for r in range(n_tile):
+                acc += resp_t[k, r]
+            nk[k] += acc
+        for j in range(n_features):
+            for r in range(m):
+                base_t[j, r] = base_rows[r, j]
+        packed_products(base_t, quad_t)
+        np.dot(resp_t, base_rows, s1_tile)
+        s1 += s1_tile
+        np.dot(resp_t, quad_t.T, s2_tile)
+        packed += s2_tile
+    # imputed: sum w r (x̂_j + shift_j) over rows missing j; sum_k r = 1
+    s1 += fill_sum
+    for k in range(n_components):
+        for j in range(n_features):
+            imputed[j] += fill_sum[k, j]
+    for p in range(n_patterns):
+        weight = 0.0
+        for k in range(n_components):
+            weight += mass[p, k]
+        for a in range(counts[p]):
+            imputed[missing[p, a]] += weight * shift[missing[p, a]]
+    for k in range(n_components):
+        t = 0
+        for i in range(n_features):
+            for j in range(i, n_features):
+                value = packed[k, t] + cross[k, i, j] + cross[k, j, i]
+                s2[k, i, j] += value
+                if j != i:
+                    s2[k, j, i] += value
+                t += 1
     for p in range(n_patterns):
         q = counts[p]
         for k in range(n_components):
@@ -261,6 +306,41 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
                 for b in range(q):
                     s2[k, missing[p, a], missing[p, b]] += mass[p, k] * inverses[at + a * q + b]
     return log_likelihood
+
+
+@compiled()
+def take_incomplete_rows(rows, out, missing, positions):
+    """Copy the rows missing some but not all features to the front of ``out``, in one pass.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D), float32 or float64
+    out : ndarray of shape (n, D), float64
+        Receives the rows, in order.
+    missing : ndarray of shape (n, D), bool
+        Receives their NaN mask.
+    positions : ndarray of shape (n,), int64
+        Receives their positions in ``rows``.
+
+    Returns
+    -------
+    int
+        How many rows were taken.
+    """
+    n, n_features = rows.shape
+    taken = 0
+    for i in range(n):
+        n_missing = 0
+        for j in range(n_features):
+            value = rows[i, j]
+            absent = np.isnan(value)
+            n_missing += absent
+            out[taken, j] = value
+            missing[taken, j] = absent
+        if 0 < n_missing < n_features:
+            positions[taken] = i
+            taken += 1
+    return taken
 
 
 def pattern_batches(missing_counts, n_components, n_features):
@@ -277,6 +357,8 @@ def pattern_batches(missing_counts, n_components, n_features):
         Patterns ``first..last - 1`` per kernel call; every run has at least one.
     """
     cost = n_components * (missing_counts.astype(np.int64) ** 2 + n_features + 3)
+    if len(cost) and cost.sum() <= PATTERN_FLOATS:  # the common case: one call
+        return [(0, len(cost))]
     batches, first, held = [], 0, 0
     for p, c in enumerate(cost.tolist()):
         if held and held + c > PATTERN_FLOATS:
@@ -286,6 +368,23 @@ def pattern_batches(missing_counts, n_components, n_features):
     if len(cost):
         batches.append((first, len(cost)))
     return batches
+
+
+def sort_by_pattern(keys, n_features):
+    """The order that sorts non-negative integer ``keys`` (one per pattern), as int64.
+
+    Sorted 16 bits at a time from the lowest: numpy's stable sort of 16-bit
+    integers is a radix sort, ten times quicker than sorting the int64 keys.
+    """
+    bits = min(n_features, 62) if keys.max(initial=0) >= 2**16 else 16
+    order = None
+    for low in range(0, bits, 16):
+        digit = ((keys >> low) & 0xFFFF).astype(np.uint16)
+        if order is None:
+            order = np.argsort(digit, kind="stable")
+        else:
+            order = order[np.argsort(digit[order], kind="stable")]
+    return order.astype(np.int64)
 
 
 def expected_sums(incomplete, params, stats):
@@ -311,7 +410,7 @@ def expected_sums(incomplete, params, stats):
         keys = mask @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
     else:
         keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
-    order = np.argsort(keys).astype(np.int64)
+    order = sort_by_pattern(keys, n_features)
     sorted_keys = keys[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1, n].astype(np.int64)
     n_components = len(params.weights)

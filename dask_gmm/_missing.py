@@ -295,21 +295,22 @@ class IncompleteRows:
     Parameters
     ----------
     rows : ndarray of shape (n, D)
-        With NaN at the missing features, sorted by the number missing (rows
-        joined from several blocks are not: see :meth:`by_count`).
+        With NaN at the missing features.
     w : ndarray of shape (n,) or None
     positions : ndarray of shape (n,)
         Their positions in the block.
     missing : ndarray of shape (n, D), bool, optional
         ``isnan(rows)``, when the caller has it.
+    sorted_by_count : bool
+        Whether the rows are sorted by their number of missing features.
     """
 
-    def __init__(self, rows, w, positions, missing=None):
+    def __init__(self, rows, w, positions, missing=None, sorted_by_count=True):
         self.rows = rows
         self.w = w
         self.positions = positions
         self.missing = np.isnan(rows) if missing is None else missing
-        self.sorted = True
+        self.sorted = sorted_by_count
         self._groups = None
 
     @property
@@ -339,10 +340,8 @@ class IncompleteRows:
             return parts[0]
         rows = np.concatenate([part.rows for part in parts])
         w = None if parts[0].w is None else np.concatenate([part.w for part in parts])
-        joined = cls(rows, w, np.full(len(rows), -1, dtype=np.int64),
-                     np.concatenate([part.missing for part in parts]))
-        joined.sorted = False
-        return joined
+        return cls(rows, w, np.full(len(rows), -1, dtype=np.int64),
+                   np.concatenate([part.missing for part in parts]), sorted_by_count=False)
 
     def by_count(self):
         """These rows sorted by their number of missing features (what the numpy
@@ -355,16 +354,20 @@ class IncompleteRows:
                               self.positions[order], self.missing[order])
 
     @classmethod
-    def from_block(cls, rows, w, complete_positions):
-        """The block's rows that are neither complete (``complete_positions``) nor all NaN."""
-        others = np.ones(len(rows), dtype=bool)
-        if complete_positions is not None:
-            others[complete_positions] = False
-        candidates = np.flatnonzero(others)
-        missing = np.isnan(rows[candidates])
-        counts = missing.sum(axis=1, dtype=np.int16)
-        keep = counts < rows.shape[1]
-        order = np.argsort(counts[keep], kind="stable")
-        positions = candidates[keep][order]
-        return cls(np.asarray(rows[positions], dtype=np.float64),
-                   None if w is None else w[positions], positions, missing[keep][order])
+    def from_block(cls, rows, w):
+        """The block's rows that miss some features but not all, in block order.
+
+        One compiled pass (``_fused_missing.take_incomplete_rows``); the
+        compiled E-step sorts them by pattern itself, and :meth:`by_count`
+        sorts them for the numpy kernels.
+        """
+        from . import _fused_missing
+
+        rows = np.ascontiguousarray(rows)
+        out = np.empty(rows.shape)
+        missing = np.empty(rows.shape, dtype=bool)
+        positions = np.empty(len(rows), dtype=np.int64)
+        taken = _fused_missing.take_incomplete_rows(rows, out, missing, positions)
+        positions = positions[:taken]
+        return cls(out[:taken], None if w is None else w[positions], positions,
+                   missing[:taken], sorted_by_count=False)

@@ -59,7 +59,7 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="rais
         at = np.arange(start, start + len(complete)) if kept is None else start + kept
         _store_log_resp(wlp, at, log_resp, log_norm)
         if nan_policy == "marginalize" and kept is not None:
-            incomplete = IncompleteRows.from_block(rows, None, kept)
+            incomplete = IncompleteRows.from_block(rows, None).by_count()
             if incomplete.n:
                 wlp = marginal_terms(incomplete.rows, incomplete.missing,
                                      incomplete.groups, params, shift).log_prob.copy()
@@ -123,7 +123,7 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
             for name, value in found.items():
                 out[name][start + kept] = value
         if nan_policy == "marginalize" and kept is not None:
-            incomplete = IncompleteRows.from_block(rows, None, kept)
+            incomplete = IncompleteRows.from_block(rows, None).by_count()
             if incomplete.n:
                 wlp = marginal_terms(incomplete.rows, incomplete.missing,
                                      incomplete.groups, params, shift).log_prob.copy()

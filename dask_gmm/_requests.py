@@ -350,7 +350,7 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
                 if contribution is not None:
                     partial.append(contribution)
         if marginalize and kept is not None:
-            incomplete = IncompleteRows.from_block(rows, w, kept)
+            incomplete = IncompleteRows.from_block(rows, w)
             if incomplete.n:
                 incomplete_parts.append(incomplete)
     if incomplete_parts:
