@@ -44,41 +44,31 @@ def _inverse_of_block(matrices, k, indices, p, q, lower, out):
     returns its log-determinant.
 
     The blocks are small (the missing features of one row), where a loop beats a
-    LAPACK call and its copies. Divisions, square roots and logarithms are the
-    slow steps at this size: one of each per column.
+    LAPACK call and its copies.
     """
     for a in range(q):
-        row = indices[p, a]
         for b in range(a + 1):
-            lower[a, b] = matrices[k, row, indices[p, b]]
-    # the diagonal of L^-1 (the reciprocals) goes straight into out
-    product = 1.0
+            acc = matrices[k, indices[p, a], indices[p, b]]
+            for c in range(b):
+                acc -= lower[a, c] * lower[b, c]
+            if a == b:
+                lower[a, a] = math.sqrt(acc)
+            else:
+                lower[a, b] = acc / lower[b, b]
     log_det = 0.0
-    for j in range(q):
-        acc = lower[j, j]
-        for c in range(j):
-            acc -= lower[j, c] * lower[j, c]
-        root = math.sqrt(acc)
-        lower[j, j] = root
-        product *= root
-        if not 1e-150 < product < 1e150:  # keep the product in range
-            log_det += math.log(product)
-            product = 1.0
-        inverse_root = 1.0 / root
-        out[j, j] = inverse_root
-        for a in range(j + 1, q):
-            acc = lower[a, j]
-            for c in range(j):
-                acc -= lower[a, c] * lower[j, c]
-            lower[a, j] = acc * inverse_root
-    log_det = 2.0 * (log_det + math.log(product))
-    # L^-1, lower triangular, into out's lower part (its diagonal is already there)
+    for a in range(q):
+        log_det += 2.0 * math.log(lower[a, a])
+    # columns of L^-1 (lower triangular), kept in out's upper part transposed
     for b in range(q):
+        for a in range(q):
+            out[a, b] = 0.0
+    for b in range(q):
+        out[b, b] = 1.0 / lower[b, b]
         for a in range(b + 1, q):
             acc = 0.0
             for c in range(b, a):
                 acc -= lower[a, c] * out[c, b]
-            out[a, b] = acc * out[a, a]
+            out[a, b] = acc / lower[a, a]
     # inv = L^-T L^-1: (i, j) = sum_c Linv[c, i] Linv[c, j], c >= max(i, j)
     for i in range(q):
         for j in range(i, q):
