@@ -255,3 +255,55 @@ def test_compiled_kernels_stay_accurate_for_ill_conditioned_components():
     assert np.abs(scores - exact).max() < 1e-8
     total = chunk_pass(X, [EStep(params)])[0].log_likelihood
     assert abs(total - float(exact.sum())) < 1e-8 * len(X)
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 300, 3000])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("factor", ["upper", "lower"])
+def test_wide_full_covariances_take_products_over_many_rows(monkeypatch, n_rows, dtype,
+                                                            weighted, factor):
+    """From WIDE_FEATURES features on, full covariances skip the tile kernel (spied on)
+    and give the numpy kernels' sums and predictions; sub-blocks of 512 rows here.
+    The M-step's precision factors are upper triangular, and the wide path skips
+    their zero block; a user's ``precisions_init`` gives lower ones."""
+    n_features = _fused_linear.WIDE_FEATURES
+    monkeypatch.setattr(_fused_linear, "WIDE_FLOATS", 512 * 3 * n_features)
+    monkeypatch.setattr(_fused, "full_e_step", None)  # never called at this width
+    monkeypatch.setattr(_fused_linear, "predict_rows", None)
+    rng = np.random.default_rng(n_rows)
+    params = random_params(rng, 3, n_features, center=20.0)
+    if factor == "lower":
+        precisions = params.prec_chol @ params.prec_chol.transpose(0, 2, 1)
+        params = Params(params.weights, params.means, np.linalg.cholesky(precisions), "full")
+    X = (rng.normal(size=(n_rows, n_features)) * 2 + 20.0).astype(dtype)
+    w = rng.uniform(0, 3, n_rows) if weighted else None
+    ours = chunk_pass(X, [EStep(params)], sample_weight=w)[0]
+    reference = numpy_e_step(X, params, w)
+    for name in ("nk", "s1", "s2"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
+                                   rtol=1e-11, atol=1e-9, err_msg=name)
+    assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12, abs=1e-9)
+    shift = chunk_shift(X)
+    wlp = weighted_log_prob(RowBlock(X, shift, None, 0), params, shift)
+    proba_reference, log_norm_reference = responsibilities(wlp.copy())
+    labels, proba, scores = (np.empty(n_rows, np.int64), np.empty((n_rows, 3), dtype),
+                             np.empty(n_rows))
+    _fused_linear.predict(X, params, shift, labels, proba, scores)
+    np.testing.assert_allclose(scores, log_norm_reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(proba, proba_reference,
+                               rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-14)
+    np.testing.assert_array_equal(labels, wlp.argmax(axis=1))
+
+
+def test_wide_path_stays_accurate_for_ill_conditioned_components(monkeypatch):
+    from dask_gmm._predict import row_outputs
+
+    monkeypatch.setattr(_fused_linear, "WIDE_FEATURES", 2)
+    monkeypatch.setattr(_fused, "full_e_step", None)
+    X, gm, exact = ill_conditioned_case()
+    params = Params(gm.weights_, gm.means_, gm.precisions_cholesky_, "full")
+    scores = row_outputs(X, params, ("score_samples",), np.float64)["score_samples"]
+    assert np.abs(scores - exact).max() < 1e-8
+    total = chunk_pass(X, [EStep(params)])[0].log_likelihood
+    assert abs(total - float(exact.sum())) < 1e-8 * len(X)
