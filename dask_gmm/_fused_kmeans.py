@@ -7,7 +7,8 @@ covariances). In numpy that pass built an ``n x K`` one-hot matrix and the
 iteration. Here a tile of rows is whitened by nothing: one BLAS product gives
 ``c_k . y`` for every center, the nearest center is picked in a loop, and the
 sums are BLAS products of the tile's one-hot assignments with the rows (and
-with their squares in the layout of the covariance type, ``_stats.SECOND_MOMENTS``).
+with their squares in the layout of the covariance type, ``_stats.SECOND_MOMENTS``);
+full covariances add each row's ``y yᵀ`` to its own component's matrix instead.
 Results agree with ``_requests.HardAssignment``'s numpy route (tests compare them).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._fused import _FASTMATH, compiled, load_tile, packed_products
+from ._fused import _FASTMATH, compiled, load_tile
 
 FULL, TIED, DIAG, SPHERICAL, NONE = 0, 1, 2, 3, 4
 LAYOUTS = {"full": FULL, "tied": TIED, "diag": DIAG, "spherical": SPHERICAL}
@@ -58,8 +59,7 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
     y_t = np.zeros((n_features, n_tile))
     cross = np.empty((n_components, n_tile))
     onehot = np.zeros((n_components, n_tile))
-    squares = np.zeros((n_features if layout == DIAG else
-                        (n_features * (n_features + 1) // 2 if layout == FULL else 1), n_tile))
+    squares = np.zeros((n_features if layout == DIAG else 1, n_tile))
     yw_t = np.zeros((n_features if layout == TIED else 0, n_tile))
     norms = np.empty(n_tile)
     colw = np.zeros(n_tile)
@@ -72,6 +72,11 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
         half[k] = 0.5 * acc
     s1_tile = np.empty(s1.shape)
     s2_tile = np.empty(s2.shape)
+    # FULL: each row's y y^T added to its own component's square matrix (a
+    # product with the one-hot tile would spend K times the flops on zeros)
+    square_sums = np.zeros((n_components, n_features, n_features) if layout == FULL
+                           else (0, 0, 0))
+    row = np.empty(n_features)
     inertia = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
@@ -111,10 +116,18 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
                 for r in range(n_tile):
                     yw_t[i, r] = y_t[i, r] * colw[r]
             np.dot(yw_t, y_t.T, s2_tile)
+        elif layout == FULL:
+            for r in range(m):
+                k = best[r]
+                for i in range(n_features):
+                    row[i] = X[start + r, i] - shift[i]
+                for i in range(n_features):
+                    scaled = colw[r] * row[i]
+                    for j in range(n_features):
+                        square_sums[k, i, j] += scaled * row[j]
+            continue
         else:
-            if layout == FULL:
-                packed_products(y_t, squares)
-            elif layout == DIAG:
+            if layout == DIAG:
                 for i in range(n_features):
                     for r in range(n_tile):
                         squares[i, r] = y_t[i, r] * y_t[i, r]
@@ -126,6 +139,13 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
                         squares[0, r] += y_t[i, r] * y_t[i, r]
             np.dot(onehot, squares.T, s2_tile)
         s2 += s2_tile
+    if layout == FULL:
+        for k in range(n_components):
+            t = 0
+            for i in range(n_features):
+                for j in range(i, n_features):
+                    s2[k, t] += square_sums[k, i, j]
+                    t += 1
     return -inertia
 
 
