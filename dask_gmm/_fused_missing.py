@@ -19,7 +19,9 @@ features (``q x D`` per row and component); the conditional covariances are
 added once per pattern with the pattern's total responsibility. The
 per-pattern numbers one call holds are bounded (``PATTERN_FLOATS``): a chunk
 where nearly every row has a pattern of its own is taken in several calls.
-Results agree with ``_missing``'s numpy route (tests compare them).
+Given an ``out`` array, the same kernel gives the densities alone, for
+predictions and the sweep's likelihood pass. Results agree with
+``_missing``'s numpy route (tests compare them).
 """
 
 from __future__ import annotations
@@ -84,46 +86,27 @@ def _inverse_of_block(matrices, k, indices, p, q, lower, out):
 
 
 @compiled(fastmath=_FASTMATH)
-def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_const,
-                    n_tile, nk, s1, s2, imputed):
-    """Add the expected complete-data sums of incomplete rows; return their log-likelihood.
-
-    Parameters
-    ----------
-    rows : ndarray of shape (n, D), float64
-        NaN at the missing features; no row complete, none all missing.
-    w : ndarray of shape (n,) or (0,)
-        Sample weights; empty for none.
-    order : ndarray of shape (m,), int64
-        The rows to take (all, or the patterns of one batch), sorted by
-        missingness pattern.
-    starts : ndarray of shape (P + 1,), int64
-        Pattern ``p`` is rows ``order[starts[p]:starts[p + 1]]``; ``starts[-1] = m``.
-    shift : ndarray of shape (D,)
-    precision : ndarray of shape (K, D, D)
-        ``Λ_k`` (tied: the same matrix K times).
-    local_means : ndarray of shape (K, D)
-        The means minus ``shift``.
-    log_const : ndarray of shape (K,)
-        ``log weight_k + log det U_k``.
-    n_tile : int
-        Rows whose filled values are summed in one product.
-    nk : ndarray of shape (K,)
-    s1 : ndarray of shape (K, D)
-    s2 : ndarray of shape (K, D, D)
-        Adds ``sum w r_k x̂ x̂ᵀ + w r_k C`` (all of the matrix; packed by the caller).
-    imputed : ndarray of shape (D,)
-        Adds ``sum_k w r_k (x̂_m + shift_m)`` at the missing features.
+def _pattern_factors(rows, order, starts, precision, local_means, log_const):
+    """What every row of a pattern shares, per pattern and component.
 
     Returns
     -------
-    float
-        ``sum w log p(x_o)``.
+    counts : ndarray of shape (P,)
+        Missing features of each pattern.
+    missing : ndarray of shape (P, D)
+        Their indices (the first ``counts[p]`` of each row).
+    offsets : ndarray of shape (P + 1,)
+        Where pattern ``p``'s inverses start in ``inverses``.
+    inverses : ndarray
+        ``Λ_mm⁻¹`` of every pattern and component, ``q²`` numbers each.
+    h : ndarray of shape (P, K, D)
+        ``Λ_k`` times the mean with its missing features set to 0.
+    pattern_const : ndarray of shape (P, K)
+        ``log_const_k - (D - q)/2 log 2π - log det Λ_mm / 2``.
     """
-    n, n_features = order.shape[0], rows.shape[1]
+    n_features = rows.shape[1]
     n_components = local_means.shape[0]
     n_patterns = starts.shape[0] - 1
-    weighted = w.shape[0] > 0
     # --- per pattern: missing features, h_k = Λ_k (μ_k observed, 0 missing),
     # the constants, and Λ_mm⁻¹ of every component (flat, q² numbers each)
     counts = np.zeros(n_patterns, dtype=np.int64)
@@ -168,6 +151,56 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
                     h[p, k, i] -= precision[k, j, i] * mean_j
             pattern_const[p, k] = (log_const[k] - 0.5 * (n_features - q) * LOG_2PI
                                    - 0.5 * log_det_mm)
+    return counts, missing, offsets, inverses, h, pattern_const
+
+
+@compiled(fastmath=_FASTMATH)
+def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_const,
+                    n_tile, nk, s1, s2, imputed, out):
+    """Add the expected complete-data sums of incomplete rows; return their log-likelihood.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (n, D), float64
+        NaN at the missing features; no row complete, none all missing.
+    w : ndarray of shape (n,) or (0,)
+        Sample weights; empty for none.
+    order : ndarray of shape (m,), int64
+        The rows to take (all, or the patterns of one batch), sorted by
+        missingness pattern.
+    starts : ndarray of shape (P + 1,), int64
+        Pattern ``p`` is rows ``order[starts[p]:starts[p + 1]]``; ``starts[-1] = m``.
+    shift : ndarray of shape (D,)
+    precision : ndarray of shape (K, D, D)
+        ``Λ_k`` (tied: the same matrix K times).
+    local_means : ndarray of shape (K, D)
+        The means minus ``shift``.
+    log_const : ndarray of shape (K,)
+        ``log weight_k + log det U_k``.
+    n_tile : int
+        Rows whose filled values are summed in one product.
+    nk : ndarray of shape (K,)
+    s1 : ndarray of shape (K, D)
+    s2 : ndarray of shape (K, D, D)
+        Adds ``sum w r_k x̂ x̂ᵀ + w r_k C`` (all of the matrix; packed by the caller).
+    imputed : ndarray of shape (D,)
+        Adds ``sum_k w r_k (x̂_m + shift_m)`` at the missing features.
+    out : ndarray of shape (n, K) or (0, K)
+        Non-empty: receives ``log weight_k + log N(x_o | ...)`` of each row
+        (predictions, the sweep's likelihood pass), and nothing else is done.
+
+    Returns
+    -------
+    float
+        ``sum w log p(x_o)`` (0 when ``out`` is given).
+    """
+    n, n_features = order.shape[0], rows.shape[1]
+    n_components = local_means.shape[0]
+    n_patterns = starts.shape[0] - 1
+    weighted = w.shape[0] > 0
+    densities_only = out.shape[0] > 0
+    counts, missing, offsets, inverses, h, pattern_const = _pattern_factors(
+        rows, order, starts, precision, local_means, log_const)
     # --- tiles of rows in pattern order: one product gives Λ_k base for every k
     # Λ_k is symmetric: row r of base_rows @ stacked_t is [Λ_1 base_r, ..., Λ_K base_r]
     stacked_t = np.ascontiguousarray(
@@ -219,7 +252,6 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
                     quad += (base_rows[r, i] - local_means[k, i]) * g[i]
                 for a in range(q):
                     j = missing[pr, a]
-                    # the loop above took (0 - μ_j) g_j for a missing j: take it back
                     quad += local_means[k, j] * g[j]
                     solved = 0.0
                     for b in range(q):
@@ -227,6 +259,10 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
                     quad -= g[j] * solved
                     fills[k, a] = local_means[k, j] - solved
                 log_prob[k] = pattern_const[pr, k] - 0.5 * quad
+            if densities_only:
+                for k in range(n_components):
+                    out[row, k] = log_prob[k]
+                continue
             top = log_prob[0]
             for k in range(1, n_components):
                 top = max(top, log_prob[k])
@@ -377,6 +413,47 @@ def sort_by_pattern(keys, n_features):
     return order.astype(np.int64)
 
 
+class PatternRuns:
+    """Incomplete rows sorted by missingness pattern, with what the kernels take.
+
+    Parameters
+    ----------
+    incomplete : IncompleteRows
+    params : Params
+        Full or tied.
+    shift : ndarray of shape (D,)
+    """
+
+    def __init__(self, incomplete, params, shift):
+        mask = incomplete.missing
+        n, n_features = mask.shape
+        if n_features <= 62:
+            keys = mask @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
+        else:
+            keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
+        self.order = sort_by_pattern(keys, n_features)
+        sorted_keys = keys[self.order]
+        self.starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1, n].astype(np.int64)
+        n_components = len(params.weights)
+        chol = params.prec_chol
+        if params.covariance_type == "tied":
+            chol = np.broadcast_to(chol, (n_components, n_features, n_features))
+        self.precision = np.ascontiguousarray(chol @ chol.transpose(0, 2, 1))
+        self.log_const = params.log_mixing() + np.log(
+            np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+        self.rows = np.ascontiguousarray(incomplete.rows, dtype=np.float64)
+        self.shift = np.asarray(shift, dtype=np.float64)
+        self.local_means = np.ascontiguousarray(params.means - shift)
+        self.batches = pattern_batches(mask[self.order[self.starts[:-1]]].sum(axis=1),
+                                       n_components, n_features)
+
+    def runs(self):
+        """``(order, starts)`` of each batch of patterns, for one kernel call each."""
+        for first, last in self.batches:
+            yield (self.order[self.starts[first]:self.starts[last]],
+                   self.starts[first:last + 1] - self.starts[first])
+
+
 def expected_sums(incomplete, params, stats):
     """Incomplete rows' observed-data log-likelihood and expected sums into ``stats``.
 
@@ -394,34 +471,18 @@ def expected_sums(incomplete, params, stats):
     -------
     float
     """
-    mask = incomplete.missing
-    n, n_features = mask.shape
-    if n_features <= 62:
-        keys = mask @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
-    else:
-        keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
-    order = sort_by_pattern(keys, n_features)
-    sorted_keys = keys[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1, n].astype(np.int64)
-    n_components = len(params.weights)
-    chol = params.prec_chol
-    if params.covariance_type == "tied":
-        chol = np.broadcast_to(chol, (n_components, n_features, n_features))
-    precision = np.ascontiguousarray(chol @ chol.transpose(0, 2, 1))
-    log_const = params.log_mixing() + np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    n_components, n_features = params.means.shape
+    runs = PatternRuns(incomplete, params, stats.shift)
     w = np.empty(0) if incomplete.w is None else np.ascontiguousarray(incomplete.w,
                                                                      dtype=np.float64)
     second = np.zeros((n_components, n_features, n_features))
     imputed = np.zeros(n_features)
-    rows = np.ascontiguousarray(incomplete.rows, dtype=np.float64)
-    local_means = np.ascontiguousarray(params.means - stats.shift)
     log_likelihood = 0.0
-    for first, last in pattern_batches(mask[order[starts[:-1]]].sum(axis=1), n_components,
-                                       n_features):
+    for order, starts in runs.runs():
         log_likelihood += marginal_e_step(
-            rows, w, order[starts[first]:starts[last]], starts[first:last + 1] - starts[first],
-            stats.shift, precision, local_means, log_const, TILE_ROWS, stats.nk, stats.s1,
-            second, imputed)
+            runs.rows, w, order, starts, runs.shift, runs.precision, runs.local_means,
+            runs.log_const, TILE_ROWS, stats.nk, stats.s1, second, imputed,
+            np.empty((0, n_components)))
     stats.imputed = imputed if stats.imputed is None else stats.imputed + imputed
     if stats.s2 is not None:
         if params.covariance_type == "full":
@@ -430,3 +491,33 @@ def expected_sums(incomplete, params, stats):
         else:
             stats.s2 += second.sum(axis=0)
     return log_likelihood
+
+
+def marginal_log_prob(incomplete, params, shift):
+    """Weighted log densities of incomplete rows' observed features, full and tied.
+
+    What ``_missing.marginal_terms(...).log_prob`` gives (the numpy route),
+    from the compiled kernels.
+
+    Parameters
+    ----------
+    incomplete : IncompleteRows
+    params : Params
+    shift : ndarray of shape (D,)
+        A point near the rows.
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+        ``log weight_k + log N(x_o | mean_o, cov_oo)``, in the rows' order.
+    """
+    runs = PatternRuns(incomplete, params, shift)
+    n_components, n_features = params.means.shape
+    out = np.empty((incomplete.n, n_components))
+    unused = np.zeros((n_components, n_features))
+    for order, starts in runs.runs():
+        marginal_e_step(runs.rows, np.empty(0), order, starts, runs.shift, runs.precision,
+                        runs.local_means, runs.log_const, TILE_ROWS, np.zeros(n_components),
+                        unused, np.zeros((n_components, n_features, n_features)),
+                        np.zeros(n_features), out)
+    return out

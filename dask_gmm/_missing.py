@@ -214,6 +214,34 @@ def marginal_terms(rows, missing_mask, groups, params, shift):
                          fills=fills, inverses=inverses)
 
 
+def observed_log_prob(incomplete, params, shift):
+    """Weighted log densities of incomplete rows' observed features, any covariance type.
+
+    Full and tied take the compiled kernel (``_fused_missing``), diag and
+    spherical :func:`marginal_terms`.
+
+    Parameters
+    ----------
+    incomplete : IncompleteRows
+    params : Params
+    shift : ndarray of shape (D,)
+
+    Returns
+    -------
+    log_prob : ndarray of shape (n, K)
+    rows : IncompleteRows
+        ``incomplete``, or its :meth:`~IncompleteRows.by_count` copy: the rows
+        (positions, weights) in the order of ``log_prob``.
+    """
+    if params.covariance_type in ("full", "tied"):
+        from . import _fused_missing
+
+        return _fused_missing.marginal_log_prob(incomplete, params, shift), incomplete
+    rows = incomplete.by_count()
+    terms = marginal_terms(rows.rows, rows.missing, rows.groups, params, shift)
+    return terms.log_prob, rows
+
+
 def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     """Add the expected complete-data statistics of incomplete rows into ``stats``.
 

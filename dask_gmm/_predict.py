@@ -22,7 +22,7 @@ from ._estep import (
     screen_rows,
     weighted_log_prob,
 )
-from ._missing import IncompleteRows, marginal_terms
+from ._missing import IncompleteRows, observed_log_prob
 
 
 def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="raise",
@@ -59,11 +59,10 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="rais
         at = np.arange(start, start + len(complete)) if kept is None else start + kept
         _store_log_resp(wlp, at, log_resp, log_norm)
         if nan_policy == "marginalize" and kept is not None:
-            incomplete = IncompleteRows.from_block(rows, None).by_count()
+            incomplete = IncompleteRows.from_block(rows, None)
             if incomplete.n:
-                wlp = marginal_terms(incomplete.rows, incomplete.missing,
-                                     incomplete.groups, params, shift).log_prob.copy()
-                _store_log_resp(wlp, start + incomplete.positions, log_resp, log_norm)
+                wlp, taken = observed_log_prob(incomplete, params, shift)
+                _store_log_resp(wlp, start + taken.positions, log_resp, log_norm)
     return log_resp, log_norm
 
 
@@ -123,13 +122,12 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
             for name, value in found.items():
                 out[name][start + kept] = value
         if nan_policy == "marginalize" and kept is not None:
-            incomplete = IncompleteRows.from_block(rows, None).by_count()
+            incomplete = IncompleteRows.from_block(rows, None)
             if incomplete.n:
-                wlp = marginal_terms(incomplete.rows, incomplete.missing,
-                                     incomplete.groups, params, shift).log_prob.copy()
+                wlp, taken = observed_log_prob(incomplete, params, shift)
                 log_resp, log_norm = np.empty_like(wlp), np.empty(len(wlp))
                 _store_log_resp(wlp, slice(None), log_resp, log_norm)
-                at = start + incomplete.positions
+                at = start + taken.positions
                 if "labels" in out:
                     out["labels"][at] = log_resp.argmax(axis=1)
                 if "proba" in out:

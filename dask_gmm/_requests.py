@@ -42,6 +42,7 @@ from ._missing import (
     IncompleteRows,
     accumulate_expected,
     marginal_terms,
+    observed_log_prob,
 )
 from ._stats import accumulate, empty_stats
 
@@ -268,9 +269,12 @@ class LogLikelihood(PassRequest):
 
     def accumulate_incomplete(self, incomplete, stats):
         """The observed-data log-likelihood of rows missing some features."""
-        incomplete = incomplete.by_count()
-        _, _, log_norm = _marginal_pass(incomplete, self.params, stats)
-        return weighted_sum(log_norm, incomplete.w)
+        log_prob, rows = observed_log_prob(incomplete, self.params, stats.shift)
+        with np.errstate(invalid="ignore", over="ignore"):
+            _, log_norm = responsibilities(log_prob)
+        stats.n += rows.total_weight()
+        stats.rows += rows.n
+        return weighted_sum(log_norm, rows.w)
 
 
 def _marginal_pass(incomplete, params, stats):

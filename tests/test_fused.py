@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 
-from dask_gmm import _fused, _fused_linear
+from dask_gmm import _fused, _fused_linear, _wide
 from dask_gmm._estep import RowBlock, chunk_shift, responsibilities, weighted_log_prob
 from dask_gmm._mstep import Params, precision_cholesky
 from dask_gmm._predict import log_resp_and_norm
@@ -267,8 +267,8 @@ def test_wide_full_covariances_take_products_over_many_rows(monkeypatch, n_rows,
     and give the numpy kernels' sums and predictions; sub-blocks of 512 rows here.
     The M-step's precision factors are upper triangular, and the wide path skips
     their zero block; a user's ``precisions_init`` gives lower ones."""
-    n_features = _fused_linear.WIDE_FEATURES
-    monkeypatch.setattr(_fused_linear, "WIDE_FLOATS", 512 * 3 * n_features)
+    n_features = _wide.WIDE_FEATURES
+    monkeypatch.setattr(_wide, "WIDE_FLOATS", 512 * 3 * n_features)
     monkeypatch.setattr(_fused, "full_e_step", None)  # never called at this width
     monkeypatch.setattr(_fused_linear, "predict_rows", None)
     rng = np.random.default_rng(n_rows)
@@ -299,7 +299,7 @@ def test_wide_full_covariances_take_products_over_many_rows(monkeypatch, n_rows,
 def test_wide_path_stays_accurate_for_ill_conditioned_components(monkeypatch):
     from dask_gmm._predict import row_outputs
 
-    monkeypatch.setattr(_fused_linear, "WIDE_FEATURES", 2)
+    monkeypatch.setattr(_wide, "WIDE_FEATURES", 2)
     monkeypatch.setattr(_fused, "full_e_step", None)
     X, gm, exact = ill_conditioned_case()
     params = Params(gm.weights_, gm.means_, gm.precisions_cholesky_, "full")

@@ -502,6 +502,11 @@ def test_compiled_marginal_e_step_equals_the_numpy_route(covariance_type, n_rows
     for name in ("nk", "s1", "s2", "imputed"):
         np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
                                    rtol=1e-9, atol=1e-8, err_msg=name)
+    # the densities alone (predictions, the sweep's likelihood pass), in the rows' order
+    from dask_gmm._fused_missing import marginal_log_prob
+
+    np.testing.assert_allclose(marginal_log_prob(incomplete, params, shift), terms.log_prob,
+                               rtol=1e-11, atol=1e-9)
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
@@ -535,6 +540,16 @@ def test_compiled_e_step_bounds_its_pattern_memory(monkeypatch, covariance_type)
         np.testing.assert_allclose(getattr(split, name), getattr(whole, name), rtol=1e-12,
                                    atol=1e-10, err_msg=name)
     assert split.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-13)
+    # the prediction kernel takes the same runs, and puts every row back in its place
+    from dask_gmm._missing import IncompleteRows, observed_log_prob
+
+    incomplete = IncompleteRows.from_block(X, None)
+    shift = np.nanmean(X, axis=0)
+    monkeypatch.setattr(_fused_missing, "PATTERN_FLOATS", 2**20)
+    in_one_run = observed_log_prob(incomplete, params, shift)[0]
+    monkeypatch.setattr(_fused_missing, "PATTERN_FLOATS", 500)
+    np.testing.assert_allclose(observed_log_prob(incomplete, params, shift)[0], in_one_run,
+                               rtol=1e-13)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
