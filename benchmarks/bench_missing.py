@@ -29,7 +29,7 @@ from ._common import machine_summary, write_section
 from .bench_em_iteration import make_data
 
 N_ITER = 6
-REPEATS = 3
+REPEATS = 5
 
 
 def with_holes(X, share, seed=0):
