@@ -8,8 +8,8 @@ filled with ``μ_m - Λ_mm⁻¹ g_m`` and ``Λ_mm⁻¹`` added to its second mom
 numpy needed ``n x K x D`` temporaries and a batched product per pattern
 group, and an iteration with 10% of values missing took 13x a complete one.
 Here a chunk's rows come sorted by pattern: each pattern's ``Λ_mm`` is
-factored once per component (``O(patterns x K x q³)``, by a small Cholesky
-written out: a LAPACK call and its copies cost more than the factorisation of
+inverted once per component (``O(patterns x K x q³)``, by a small Gauss-Jordan
+elimination written out: a LAPACK call and its copies cost more than inverting
 a 2 x 2 block), one product per tile of rows gives ``Λ_k (x - shift)`` for
 every component, and each row is then handled in a loop over its components. The
 second moments ``x̂ x̂ᵀ`` split into the observed part, shared by every
@@ -41,48 +41,39 @@ PATTERN_FLOATS = 2**20
 
 
 @compiled(fastmath=_FASTMATH)
-def _inverse_of_block(matrices, k, indices, p, q, lower, out):
-    """``out[:q, :q] = inv(M[m][:, m])`` by Cholesky, ``M = matrices[k]``, ``m = indices[p, :q]``;
+def _inverse_of_block(matrices, k, indices, p, q, out):
+    """``out[:q, :q] = inv(M[m][:, m])``, ``M = matrices[k]``, ``m = indices[p, :q]``;
     returns its log-determinant.
 
-    The blocks are small (the missing features of one row), where a loop beats a
-    LAPACK call and its copies.
+    Gauss-Jordan elimination in place, without pivoting (the blocks of a
+    precision matrix are symmetric positive definite, where that is stable):
+    one loop nest and one division per column, twice as fast as a Cholesky
+    factor and its inverse at these sizes (the missing features of one row),
+    where a LAPACK call and its copies would cost more than the arithmetic.
     """
     for a in range(q):
-        for b in range(a + 1):
-            acc = matrices[k, indices[p, a], indices[p, b]]
-            for c in range(b):
-                acc -= lower[a, c] * lower[b, c]
-            if a == b:
-                lower[a, a] = math.sqrt(acc)
-            else:
-                lower[a, b] = acc / lower[b, b]
+        row = indices[p, a]
+        for b in range(q):
+            out[a, b] = matrices[k, row, indices[p, b]]
+    product = 1.0
     log_det = 0.0
-    for a in range(q):
-        log_det += 2.0 * math.log(lower[a, a])
-    # columns of L^-1 (lower triangular), kept in out's upper part transposed
-    for b in range(q):
-        for a in range(q):
-            out[a, b] = 0.0
-    for b in range(q):
-        out[b, b] = 1.0 / lower[b, b]
-        for a in range(b + 1, q):
-            acc = 0.0
-            for c in range(b, a):
-                acc -= lower[a, c] * out[c, b]
-            out[a, b] = acc / lower[a, a]
-    # inv = L^-T L^-1: (i, j) = sum_c Linv[c, i] Linv[c, j], c >= max(i, j)
-    for i in range(q):
-        for j in range(i, q):
-            acc = 0.0
-            for c in range(j, q):
-                acc += out[c, i] * out[c, j]
-            lower[i, j] = acc  # lower's strict upper part is free
-    for i in range(q):
-        for j in range(i, q):
-            out[i, j] = lower[i, j]
-            out[j, i] = lower[i, j]
-    return log_det
+    for c in range(q):
+        pivot = out[c, c]
+        product *= pivot
+        if not 1e-150 < product < 1e150:  # keep the product of pivots in range
+            log_det += math.log(product)
+            product = 1.0
+        inverse = 1.0 / pivot
+        for j in range(q):
+            out[c, j] *= inverse
+        out[c, c] = inverse
+        for i in range(q):
+            if i != c:
+                factor = out[i, c]
+                for j in range(q):
+                    out[i, j] -= factor * out[c, j]
+                out[i, c] = -factor * inverse
+    return log_det + math.log(product)
 
 
 @compiled(fastmath=_FASTMATH)
@@ -124,7 +115,6 @@ def _pattern_factors(rows, order, starts, precision, local_means, log_const):
     inverses = np.empty(offsets[n_patterns])
     h = np.empty((n_patterns, n_components, n_features))
     pattern_const = np.empty((n_patterns, n_components))
-    lower = np.empty((n_features, n_features))
     block_inverse = np.empty((n_features, n_features))
     whole_h = np.empty((n_components, n_features))
     for k in range(n_components):
@@ -136,7 +126,7 @@ def _pattern_factors(rows, order, starts, precision, local_means, log_const):
     for p in range(n_patterns):
         q = counts[p]
         for k in range(n_components):
-            log_det_mm = _inverse_of_block(precision, k, missing, p, q, lower, block_inverse)
+            log_det_mm = _inverse_of_block(precision, k, missing, p, q, block_inverse)
             at = offsets[p] + k * q * q
             for a in range(q):
                 for b in range(q):

@@ -617,3 +617,24 @@ def test_infinity_is_an_error_under_every_policy(nan_policy):
         bad[150] = row
         with pytest.raises(ValueError, match=r"infinity.*rows \[150\]"):
             GaussianMixture(2, nan_policy=nan_policy, random_state=0).fit(as_dask(bad, 100))
+
+
+@pytest.mark.parametrize("condition", [1.0, 1e4, 1e8])
+def test_block_inverse_of_the_compiled_e_step(condition):
+    """Gauss-Jordan without pivoting on symmetric positive definite blocks, against
+    LAPACK: the inverse and log-determinant of blocks up to condition number 1e8."""
+    from dask_gmm._fused_missing import _inverse_of_block
+
+    rng = np.random.RandomState(int(np.log10(condition)))
+    n_features = 9
+    basis = np.linalg.qr(rng.normal(size=(n_features, n_features)))[0]
+    spectrum = np.logspace(0, np.log10(condition), n_features) * 3.0
+    matrices = np.stack([basis * spectrum @ basis.T, np.eye(n_features)])
+    indices = np.array([[0, 2, 3, 5, 6, 7, 8, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0, 0]])
+    out = np.empty((n_features, n_features))
+    for k, p, q in ((0, 0, 7), (0, 1, 1), (1, 0, 7)):
+        block = matrices[k][np.ix_(indices[p, :q], indices[p, :q])]
+        log_det = _inverse_of_block(matrices, k, indices, p, q, out)
+        assert log_det == pytest.approx(np.linalg.slogdet(block)[1], abs=1e-9)
+        np.testing.assert_allclose(out[:q, :q], np.linalg.inv(block),
+                                   rtol=1e-14 * condition, atol=1e-14 * condition)
