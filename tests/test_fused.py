@@ -30,6 +30,29 @@ def numpy_e_step(X, params, w=None):
     return stats
 
 
+def assert_sums_equal(ours, reference):
+    for name in ("nk", "s1", "s2"):
+        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
+                                   rtol=1e-11, atol=1e-9, err_msg=name)
+    assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12, abs=1e-9)
+
+
+def assert_predictions_equal(X, params, dtype):
+    """``_fused_linear.predict`` against the numpy kernels; returns the scores."""
+    n_rows, n_components = len(X), len(params.weights)
+    shift = chunk_shift(X)
+    wlp = weighted_log_prob(RowBlock(X, shift, None, 0), params, shift)
+    proba_reference, log_norm_reference = responsibilities(wlp.copy())
+    labels, proba, scores = (np.empty(n_rows, np.int64),
+                             np.empty((n_rows, n_components), dtype), np.empty(n_rows))
+    _fused_linear.predict(X, params, shift, labels, proba, scores)
+    np.testing.assert_allclose(scores, log_norm_reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(proba, proba_reference,
+                               rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-14)
+    np.testing.assert_array_equal(labels, wlp.argmax(axis=1))
+    return scores
+
+
 def random_params(rng, n_components, n_features, center=0.0, covariance_type="full"):
     means = rng.normal(size=(n_components, n_features)) * 3 + center
     if covariance_type == "full":
@@ -60,10 +83,7 @@ def test_compiled_e_step_equals_numpy_kernels(covariance_type, n_rows, dtype, we
     reference = numpy_e_step(X, params, w)
     assert ours.n == pytest.approx(reference.n, rel=1e-14)
     np.testing.assert_allclose(ours.shift, reference.shift)
-    for name in ("nk", "s1", "s2"):
-        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
-                                   rtol=1e-11, atol=1e-9, err_msg=name)
-    assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12, abs=1e-9)
+    assert_sums_equal(ours, reference)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -106,19 +126,9 @@ def test_compiled_prediction_equals_numpy_kernels(covariance_type, n_rows, dtype
     rng = np.random.default_rng(10 + n_rows)
     params = random_params(rng, 5, 4, center=-30.0, covariance_type=covariance_type)
     X = (rng.normal(size=(n_rows, 4)) * 4 - 30.0).astype(dtype)
-    shift = chunk_shift(X)
-    block = RowBlock(X, shift, None, 0)
-    wlp = weighted_log_prob(block, params, shift)
-    proba_reference, log_norm_reference = responsibilities(wlp.copy())
-    labels, proba, scores = (np.empty(n_rows, np.int64), np.empty((n_rows, 5), dtype),
-                             np.empty(n_rows))
-    _fused_linear.predict(X, params, shift, labels, proba, scores)
-    np.testing.assert_allclose(scores, log_norm_reference, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(proba, proba_reference,
-                               rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-14)
-    np.testing.assert_array_equal(labels, wlp.argmax(axis=1))
+    scores = assert_predictions_equal(X, params, dtype)
     alone = np.full(n_rows, np.nan)
-    _fused_linear.predict(X, params, shift, scores=alone)
+    _fused_linear.predict(X, params, chunk_shift(X), scores=alone)
     np.testing.assert_array_equal(alone, scores)
 
 
@@ -278,22 +288,9 @@ def test_wide_full_covariances_take_products_over_many_rows(monkeypatch, n_rows,
         params = Params(params.weights, params.means, np.linalg.cholesky(precisions), "full")
     X = (rng.normal(size=(n_rows, n_features)) * 2 + 20.0).astype(dtype)
     w = rng.uniform(0, 3, n_rows) if weighted else None
-    ours = chunk_pass(X, [EStep(params)], sample_weight=w)[0]
-    reference = numpy_e_step(X, params, w)
-    for name in ("nk", "s1", "s2"):
-        np.testing.assert_allclose(getattr(ours, name), getattr(reference, name),
-                                   rtol=1e-11, atol=1e-9, err_msg=name)
-    assert ours.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12, abs=1e-9)
-    shift = chunk_shift(X)
-    wlp = weighted_log_prob(RowBlock(X, shift, None, 0), params, shift)
-    proba_reference, log_norm_reference = responsibilities(wlp.copy())
-    labels, proba, scores = (np.empty(n_rows, np.int64), np.empty((n_rows, 3), dtype),
-                             np.empty(n_rows))
-    _fused_linear.predict(X, params, shift, labels, proba, scores)
-    np.testing.assert_allclose(scores, log_norm_reference, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(proba, proba_reference,
-                               rtol=1e-12 if dtype == np.float64 else 1e-6, atol=1e-14)
-    np.testing.assert_array_equal(labels, wlp.argmax(axis=1))
+    assert_sums_equal(chunk_pass(X, [EStep(params)], sample_weight=w)[0],
+                      numpy_e_step(X, params, w))
+    assert_predictions_equal(X, params, dtype)
 
 
 def test_wide_path_stays_accurate_for_ill_conditioned_components(monkeypatch):
