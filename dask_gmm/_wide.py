@@ -25,6 +25,8 @@ import numpy as np
 WIDE_FEATURES = 96
 # float64 numbers of the whitened rows a wide sub-block holds (8 MiB)
 WIDE_FLOATS = 2**20
+# float64 numbers of the weighted rows one product of the second moments takes (1 MiB)
+GRAM_FLOATS = 2**17
 
 
 def wide_full_log_prob(Y, whiten, offsets, log_const):
@@ -81,21 +83,18 @@ def wide_full_log_prob(Y, whiten, offsets, log_const):
     return log_prob
 
 
-def add_gram(Y, r, packed, upper):
-    """``packed += (Y^T diag(r) Y)[upper]``, the products of the upper triangle only.
+def add_gram(Y, r, gram):
+    """``gram += Y^T diag(r) Y`` on and above the diagonal blocks only.
 
     The matrix is taken in 2 x 2 blocks, of which the lower-left one is never
     formed: three products of half width, three quarters of the flops of one
-    whole product.
+    whole product. ``gram`` is ``(D, D)``; its lower-left block is left as it is.
     """
-    n_features = Y.shape[1]
-    half = n_features // 2
+    half = Y.shape[1] // 2
     A = Y * r[:, None]
-    gram = np.empty((n_features, n_features))
-    gram[:half, :half] = Y[:, :half].T @ A[:, :half]
-    gram[:half, half:] = Y[:, :half].T @ A[:, half:]
-    gram[half:, half:] = Y[:, half:].T @ A[:, half:]
-    packed += gram[upper]
+    gram[:half, :half] += Y[:, :half].T @ A[:, :half]
+    gram[:half, half:] += Y[:, :half].T @ A[:, half:]
+    gram[half:, half:] += Y[:, half:].T @ A[:, half:]
 
 
 def _wide_blocks(n, n_components, n_features):
@@ -106,10 +105,11 @@ def _wide_blocks(n, n_components, n_features):
 def wide_full_e_step(X, shift, w, whiten, offsets, log_const, nk, s1, s2):
     """Full-covariance E-step and M-step sums for wide rows (see :func:`wide_full_log_prob`).
 
-    Takes and fills what ``_fused.full_e_step`` does. The second moments are a
-    product per component over the sub-block (``(r_k y)^T y``), not packed
-    products of every row, whose ``D (D + 1) / 2`` numbers per row would be
-    read from memory rather than cache.
+    Takes and fills what ``_fused.full_e_step`` does. The densities are taken
+    in sub-blocks (their whitened rows are ``K D`` numbers each); the second
+    moments are products per component (``(r_k y)^T y``) over slices of the
+    block sized for the cache, not by ``K``: with many components each product
+    still runs over many rows.
 
     Returns
     -------
@@ -120,17 +120,21 @@ def wide_full_e_step(X, shift, w, whiten, offsets, log_const, nk, s1, s2):
 
     n, n_features = X.shape
     n_components = len(log_const)
-    upper = np.triu_indices(n_features)
-    log_likelihood = 0.0
+    Y = np.subtract(X, shift, dtype=np.float64)
+    resp = np.empty((n_components, n))
     for start, stop in _wide_blocks(n, n_components, n_features):
-        Y = np.subtract(X[start:stop], shift, dtype=np.float64)
-        m = stop - start
-        resp = wide_full_log_prob(Y, whiten, offsets, log_const)
-        buffers = [np.empty(m) for _ in range(4)]
-        log_likelihood += _fused.normalise_tile(resp, m, w, start, *buffers, nk)
-        s1 += resp @ Y
+        resp[:, start:stop] = wide_full_log_prob(Y[start:stop], whiten, offsets, log_const)
+    buffers = [np.empty(n) for _ in range(4)]
+    log_likelihood = _fused.normalise_tile(resp, n, w, 0, *buffers, nk)
+    s1 += resp @ Y
+    # (r_k y) in slices that stay in cache, each product still over many rows
+    step = max(64, GRAM_FLOATS // n_features)
+    gram = np.zeros((n_components, n_features, n_features))
+    for start in range(0, n, step):
         for k in range(n_components):
-            add_gram(Y, resp[k], s2[k], upper)
+            add_gram(Y[start:start + step], resp[k, start:start + step], gram[k])
+    upper = np.triu_indices(n_features)
+    s2 += gram[:, upper[0], upper[1]]
     return log_likelihood
 
 
