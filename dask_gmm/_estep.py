@@ -106,7 +106,8 @@ def _raise_bad_rows(kind, positions, block_start, where, row_numbers, place):
     raise NonFiniteInputError(
         f"Input X contains {kind}{where}: {described}{more} are not finite. Remove "
         "or impute them before fitting (or pass nan_policy='omit' to skip samples "
-        "holding NaN)." if kind == "NaN" else
+        "holding NaN, or nan_policy='marginalize' to fit each sample on the features "
+        "it has)." if kind == "NaN" else
         f"Input X contains {kind}{where}: {described}{more} are not finite. Remove "
         "or impute them before fitting."
     )

@@ -139,7 +139,7 @@ def wide_full_e_step(X, shift, w, whiten, offsets, log_const, nk, s1, s2):
 
 
 def wide_full_predict(X, shift, whiten, offsets, log_const, labels, proba, scores):
-    """:func:`predict_rows` for full covariances and wide rows (same arguments)."""
+    """``_fused_linear.predict_rows`` for full covariances and wide rows (same arguments)."""
     n, n_features = X.shape
     n_components = len(log_const)
     for start, stop in _wide_blocks(n, n_components, n_features):

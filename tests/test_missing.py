@@ -638,3 +638,11 @@ def test_block_inverse_of_the_compiled_e_step(condition):
         assert log_det == pytest.approx(np.linalg.slogdet(block)[1], abs=1e-9)
         np.testing.assert_allclose(out[:q, :q], np.linalg.inv(block),
                                    rtol=1e-14 * condition, atol=1e-14 * condition)
+
+
+def test_the_nan_error_names_both_policies():
+    X, _ = blobs(300)
+    X[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"rows \[7\].*nan_policy='omit'.*"
+                                         r"nan_policy='marginalize' to fit each sample"):
+        GaussianMixture(2).fit(as_dask(X, 100))
