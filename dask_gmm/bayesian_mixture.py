@@ -233,6 +233,21 @@ class BayesianGaussianMixture(BaseMixture):
     def _seen_stats(self, stats):
         self._learn_priors(stats)
 
+    def _load_checkpoint(self, path, fingerprint):
+        """Step generator: as for any mixture, and the priors a fresh fit would have.
+
+        A fresh fit takes its default priors from its initialisation's pass,
+        which sums the complete rows; under 'marginalize' an E-step's statistics
+        also hold filled-in values, so a resumed fit takes the complete rows'
+        moments in a pass of their own.
+        """
+        saved = yield from super()._load_checkpoint(path, fingerprint)
+        if saved is not None and self.nan_policy == "marginalize" and self._priors_need_data():
+            self._fit_priors = None
+            self._learn_priors(moments_from_stats(
+                (yield Moments(self.covariance_type, self._n_features))))
+        return saved
+
     _params_class = VariationalParams
 
     def _initial_params(self, data, random_state, eps, float32_input):

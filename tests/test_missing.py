@@ -646,3 +646,25 @@ def test_the_nan_error_names_both_policies():
     with pytest.raises(ValueError, match=r"rows \[7\].*nan_policy='omit'.*"
                                          r"nan_policy='marginalize' to fit each sample"):
         GaussianMixture(2).fit(as_dask(X, 100))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_bayesian_checkpoint_resumes_with_the_fresh_fits_priors(tmp_path):
+    """The default priors come from the complete rows, as in a fresh fit, not from a
+    resumed E-step's statistics (which hold filled-in values): mid-fit and finished."""
+    from dask_gmm import BayesianGaussianMixture
+
+    X, _ = blobs(600)
+    Xm = as_dask(holes(X, 0.2), 100)
+    settings = dict(n_components=4, random_state=0, nan_policy="marginalize", tol=0)
+    path = tmp_path / "fit.ckpt"
+    BayesianGaussianMixture(max_iter=3, **settings).fit(Xm, checkpoint=path)
+    resumed = BayesianGaussianMixture(max_iter=7, **settings).fit(Xm, checkpoint=path)
+    finished = BayesianGaussianMixture(max_iter=7, **settings).fit(Xm, checkpoint=path)
+    whole = BayesianGaussianMixture(max_iter=7, **settings).fit(Xm)
+    for model in (resumed, finished):
+        np.testing.assert_allclose(model.mean_prior_, whole.mean_prior_, rtol=1e-12)
+        np.testing.assert_allclose(model.covariance_prior_, whole.covariance_prior_,
+                                   rtol=1e-12)
+        np.testing.assert_allclose(model.means_, whole.means_, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(model.lower_bounds_, whole.lower_bounds_, rtol=1e-9)
