@@ -233,20 +233,28 @@ class BayesianGaussianMixture(BaseMixture):
     def _seen_stats(self, stats):
         self._learn_priors(stats)
 
-    def _load_checkpoint(self, path, fingerprint):
-        """Step generator: as for any mixture, and the priors a fresh fit would have.
+    # A fresh fit takes its default priors from its initialisation's pass, which
+    # sums the complete rows. Under 'marginalize' an E-step's statistics also hold
+    # filled-in values, so a resumed or warm-started fit takes the complete rows'
+    # moments in a pass of their own.
 
-        A fresh fit takes its default priors from its initialisation's pass,
-        which sums the complete rows; under 'marginalize' an E-step's statistics
-        also hold filled-in values, so a resumed fit takes the complete rows'
-        moments in a pass of their own.
-        """
-        saved = yield from super()._load_checkpoint(path, fingerprint)
-        if saved is not None and self.nan_policy == "marginalize" and self._priors_need_data():
+    def _complete_row_priors(self):
+        """Step generator: the priors from the complete rows, when an E-step's would differ."""
+        if self.nan_policy == "marginalize" and self._priors_need_data():
             self._fit_priors = None
             self._learn_priors(moments_from_stats(
                 (yield Moments(self.covariance_type, self._n_features))))
+
+    def _load_checkpoint(self, path, fingerprint):
+        saved = yield from super()._load_checkpoint(path, fingerprint)
+        if saved is not None:
+            yield from self._complete_row_priors()
         return saved
+
+    def _em(self, data, start, *args, **kwargs):
+        if self._fit_priors is None:  # warm start: no initialisation pass
+            yield from self._complete_row_priors()
+        return (yield from super()._em(data, start, *args, **kwargs))
 
     _params_class = VariationalParams
 

@@ -668,3 +668,17 @@ def test_bayesian_checkpoint_resumes_with_the_fresh_fits_priors(tmp_path):
                                    rtol=1e-12)
         np.testing.assert_allclose(model.means_, whole.means_, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(model.lower_bounds_, whole.lower_bounds_, rtol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_bayesian_warm_start_keeps_the_complete_rows_priors():
+    from dask_gmm import BayesianGaussianMixture
+
+    X, _ = blobs(600)
+    Xm = as_dask(holes(X, 0.2), 100)
+    bgm = BayesianGaussianMixture(n_components=4, random_state=0, max_iter=3, tol=0,
+                                  nan_policy="marginalize", warm_start=True).fit(Xm)
+    first = (bgm.mean_prior_.copy(), bgm.covariance_prior_.copy())
+    bgm.fit(Xm)
+    np.testing.assert_allclose(bgm.mean_prior_, first[0], rtol=1e-12)
+    np.testing.assert_allclose(bgm.covariance_prior_, first[1], rtol=1e-12)
