@@ -139,6 +139,68 @@ def test_kmeans_init_on_data_larger_than_the_sample(monkeypatch):
     assert adjusted_rand_score(truth, labels) > 0.95
 
 
+def test_kmeans_on_a_sample_keeps_the_best_of_several_seedings(monkeypatch):
+    """Eight blobs in 16 features: one k-means++ seeding sometimes puts two
+    centers in one blob, and EM then ends in a worse optimum; data larger than
+    the sample get the best of several seedings and every seed here finds the
+    best fit."""
+    from dask_gmm import _init
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(scale=3.0, size=(8, 16))
+    X = centers[rng.integers(0, 8, size=6000)] + rng.normal(size=(6000, 16))
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 2000)
+
+    def lower_bounds():
+        return np.array([GaussianMixture(8, random_state=seed, max_iter=20).fit(X).lower_bound_
+                         for seed in range(12)])
+
+    several = lower_bounds()
+    np.testing.assert_allclose(several, several.max(), rtol=1e-9)
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_RESTARTS", 1)
+    assert (lower_bounds() < several.max() - 0.1).any()  # the data do catch one seeding
+
+
+def test_sample_indices_are_distinct_sorted_and_uniform():
+    from dask_gmm._init import sample_indices
+
+    for n_samples, size in [(10, 10), (10, 3), (1000, 40), (7, 2)]:
+        drawn = sample_indices(n_samples, size, np.random.RandomState(0))
+        assert drawn.dtype.kind == "i" and len(drawn) == size
+        assert np.all(np.diff(drawn) > 0) and drawn[0] >= 0 and drawn[-1] < n_samples
+    np.testing.assert_array_equal(sample_indices(1000, 40, np.random.RandomState(5)),
+                                  sample_indices(1000, 40, np.random.RandomState(5)))
+    # every row equally likely: 20,000 draws of 3 rows out of 30 (expect 2,000 each)
+    random_state = np.random.RandomState(1)
+    counts = np.bincount(np.concatenate([sample_indices(30, 3, random_state)
+                                         for _ in range(20_000)]), minlength=30)
+    assert np.abs(counts - 2000).max() < 5 * np.sqrt(2000)
+    # pairs too, not only single rows: 435 pairs, about 46 draws each
+    pairs = np.array([sample_indices(30, 2, random_state) for _ in range(20_000)])
+    pair_counts = np.bincount(pairs[:, 0] * 30 + pairs[:, 1], minlength=900)
+    taken = pair_counts[np.triu_indices(30, 1)[0] * 30 + np.triu_indices(30, 1)[1]]
+    assert taken.min() > 15 and taken.max() < 85
+
+
+def test_sample_of_a_huge_population_costs_only_its_size():
+    """numpy's choice(replace=False) would permute all 10**12 numbers (8 TB)."""
+    from dask_gmm._init import random_rows, sample_indices
+
+    drawn = sample_indices(10**12, 50_000, np.random.RandomState(0))
+    assert len(np.unique(drawn)) == 50_000 and drawn.max() < 10**12
+    assert drawn.max() > 10**11  # spread over the whole range, not its start
+    rows = random_rows(10**12, 8, np.random.RandomState(0))
+    assert len(set(rows.tolist())) == 8
+
+
+def test_random_rows_draws_as_sklearn_on_small_data():
+    from dask_gmm._init import random_rows
+
+    np.testing.assert_array_equal(
+        random_rows(5000, 4, np.random.RandomState(3)),
+        np.random.RandomState(3).choice(5000, size=4, replace=False))
+
+
 def test_n_init_keeps_the_best_lower_bound():
     X, _ = blobs(1000, centers=5, seed=2)
     single = [GaussianMixture(5, init_params="random_from_data", random_state=s,
