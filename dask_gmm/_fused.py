@@ -174,18 +174,74 @@ def load_tile(X, shift, start, m, y_t):
             y_t[i, r] = X[start + r, i] - shift[i]
 
 
+def split_whitening(whiten, n_features):
+    """The stacked whitening ``[U_1 ... U_K]^T`` (K D, D) as the matrices of two products.
+
+    The precision factors the M-step makes are upper triangular: output ``j``
+    of a component's whitening takes inputs ``0..j`` only. So the first half of
+    the outputs is one product with the first half of the inputs, ``(K h, h)``,
+    and the second half one with all of them, ``(K (D - h), D)``: three
+    quarters of the flops of one whole product. A factor that is not
+    triangular (a user's lower-triangular ``precisions_init``) keeps one
+    product: ``first`` is then empty.
+
+    Parameters
+    ----------
+    whiten : ndarray of shape (K D, D)
+    n_features : int
+
+    Returns
+    -------
+    first : ndarray of shape (K h, h), or (0, 0)
+        ``h = first.shape[1]`` is the split (``D // 2``, or 0).
+    second : ndarray of shape (K (D - h), D)
+    """
+    n_components = whiten.shape[0] // n_features
+    stacked = whiten.reshape(n_components, n_features, n_features)
+    half = n_features // 2
+    if half == 0 or stacked[:, :half, half:].any():
+        return np.zeros((0, 0)), np.ascontiguousarray(whiten, dtype=np.float64)
+    first = np.ascontiguousarray(stacked[:, :half, :half], dtype=np.float64)
+    second = np.ascontiguousarray(stacked[:, half:, :], dtype=np.float64)
+    return first.reshape(-1, half), second.reshape(-1, n_features)
+
+
 @compiled(fastmath=_FASTMATH)
-def whitened_densities(z_t, first_row, k, offsets, log_const, resp, shifted):
-    """``resp[k] = log_const[k] - |z - offset_k|^2 / 2`` from rows ``first_row..+D`` of ``z_t``."""
+def whiten_tile(first, second, y_t, z_first, z_second):
+    """Whitened rows of a tile by the two products of :func:`split_whitening`.
+
+    ``z_first`` (K h, n_tile) receives the first ``h`` whitened features of
+    each component, ``z_second`` (K (D - h), n_tile) the others.
+    """
+    half = first.shape[1]
+    if half > 0:
+        np.dot(first, y_t[:half], z_first)
+    np.dot(second, y_t, z_second)
+
+
+@compiled(fastmath=_FASTMATH)
+def whitened_densities(z_first, z_second, half, k, offsets, log_const, resp, shifted):
+    """``resp[k] = log_const[k] - |z - offset_k|^2 / 2`` from :func:`whiten_tile`'s rows.
+
+    Component ``k``'s whitened features are rows ``k h..`` of ``z_first``
+    (its first ``h = half``) and rows ``k (D - h)..`` of ``z_second``.
+    """
     n_features = offsets.shape[1]
-    n_tile = z_t.shape[1]
+    n_tile = z_second.shape[1]
     for r in range(n_tile):
         shifted[r] = 0.0
-    for j in range(n_features):
+    for j in range(half):
         c = offsets[k, j]
-        row = first_row + j
+        row = k * half + j
         for r in range(n_tile):
-            v = z_t[row, r] - c
+            v = z_first[row, r] - c
+            shifted[r] += v * v
+    width = n_features - half
+    for j in range(width):
+        c = offsets[k, half + j]
+        row = k * width + j
+        for r in range(n_tile):
+            v = z_second[row, r] - c
             shifted[r] += v * v
     lc = log_const[k]
     for r in range(n_tile):
@@ -289,7 +345,7 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo, nk):
 
 
 @compiled(fastmath=_FASTMATH)
-def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
+def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, s2):
     """E-step of full covariances, adding the sums about ``shift`` in place.
 
     Parameters
@@ -300,9 +356,10 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
         The point the sums are taken about (the chunk's shift).
     w : ndarray of shape (n,) or (0,)
         Sample weights; an empty array for none.
-    whiten_t : ndarray of shape (K * D, D), C-contiguous
-        Row ``k * D + j`` is column ``j`` of the precision Cholesky factor
-        ``U_k``.
+    first, second : ndarray
+        The stacked whitening ``[U_1 ... U_K]^T`` (row ``k D + j`` is column
+        ``j`` of the precision Cholesky factor ``U_k``) as :func:`split_whitening`
+        gives it.
     offsets : ndarray of shape (K, D)
         ``(mean_k - shift) @ U_k``.
     log_const : ndarray of shape (K,)
@@ -324,8 +381,10 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
     n, n_features = X.shape
     n_components = offsets.shape[0]
     n_packed = s2.shape[1]
+    half = first.shape[1]
     y_t = np.zeros((n_features, n_tile))
-    z_t = np.empty((n_components * n_features, n_tile))
+    z_first = np.empty((n_components * half, n_tile))
+    z_second = np.empty((n_components * (n_features - half), n_tile))
     resp = np.empty((n_components, n_tile))
     quad_t = np.empty((n_packed, n_tile))
     top = np.empty(n_tile)
@@ -338,9 +397,9 @@ def full_e_step(X, shift, w, whiten_t, offsets, log_const, n_tile, nk, s1, s2):
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
         load_tile(X, shift, start, m, y_t)
-        np.dot(whiten_t, y_t, z_t)
+        whiten_tile(first, second, y_t, z_first, z_second)
         for k in range(n_components):
-            whitened_densities(z_t, k * n_features, k, offsets, log_const, resp, shifted)
+            whitened_densities(z_first, z_second, half, k, offsets, log_const, resp, shifted)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
         packed_products(y_t, quad_t)
         np.dot(resp, y_t.T, s1_tile)

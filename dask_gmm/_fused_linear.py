@@ -38,7 +38,9 @@ from ._fused import (
     exponentiate_tile,
     load_tile,
     normalise_tile,
+    split_whitening,
     tile_rows,
+    whiten_tile,
     whitened_densities,
 )
 
@@ -50,7 +52,8 @@ LINEAR_TILE_ROWS = 256
 
 
 @compiled(fastmath=_FASTMATH)
-def _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m):
+def _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t, resp,
+                   shifted, m):
     """Weighted log densities ``(K, n_tile)`` of a tile's rows into ``resp``.
 
     Parameters
@@ -59,8 +62,9 @@ def _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted,
         DIAG, SPHERICAL, TIED or FULL.
     y_t : ndarray of shape (D, n_tile)
         The rows minus the shift, transposed; columns ``m..`` hold finite stale rows.
-    whiten : ndarray
-        TIED: ``U^T`` (D, D); FULL: the stacked ``[U_1 ... U_K]^T`` (K D, D);
+    whiten, first : ndarray
+        TIED: ``whiten`` is ``U^T`` (D, D); FULL: the stacked ``[U_1 ... U_K]^T``
+        as ``_fused.split_whitening`` gives it (``first``, ``whiten``);
         otherwise unused.
     coef : ndarray
         FULL: the offsets ``(mean_k - shift) @ U_k`` (K, D); otherwise the
@@ -68,9 +72,9 @@ def _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted,
     const, cap : ndarray of shape (K,)
         Added to each component's density; ``cap`` bounds it (a squared
         distance is never negative, whatever the rounding of an expanded form).
-    z_t, f_t : ndarray
-        Work buffers: the whitened rows (TIED: (D, n_tile); FULL: (K D, n_tile))
-        and the features (P, n_tile).
+    z_first, z_t, f_t : ndarray
+        Work buffers: the whitened rows (TIED: ``z_t`` (D, n_tile); FULL: both,
+        as ``_fused.whiten_tile`` fills them) and the features (P, n_tile).
     resp : ndarray of shape (K, n_tile)
     shifted : ndarray of shape (n_tile,)
     m : int
@@ -79,9 +83,10 @@ def _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted,
     n_features, n_tile = y_t.shape
     n_components = resp.shape[0]
     if kind == FULL:
-        np.dot(whiten, y_t, z_t)
+        half = first.shape[1]
+        whiten_tile(first, whiten, y_t, z_first, z_t)
         for k in range(n_components):
-            whitened_densities(z_t, k * n_features, k, coef, const, resp, shifted)
+            whitened_densities(z_first, z_t, half, k, coef, const, resp, shifted)
         return
     if kind == DIAG:
         for i in range(n_features):
@@ -147,6 +152,7 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     y_t = np.zeros((n_features, n_tile))
     f_t = np.zeros((n_coef, n_tile))
     z_t = np.zeros((n_features if kind == TIED else 0, n_tile))
+    no_first = np.zeros((0, 0))
     yw_t = np.zeros((n_features if kind == TIED else 0, n_tile))
     resp = np.empty((n_components, n_tile))
     top = np.empty(n_tile)
@@ -159,7 +165,8 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
         load_tile(X, shift, start, m, y_t)
-        _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
+        _log_densities(kind, y_t, whiten, no_first, coef, const, cap, no_first, z_t, f_t, resp,
+                       shifted, m)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
         if kind == TIED:
             np.dot(resp, y_t.T, sums_tile)
@@ -177,7 +184,8 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
 
 
 @compiled(fastmath=_FASTMATH)
-def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba, scores):
+def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels, proba,
+                 scores):
     """Labels, probabilities and log-likelihoods of rows, for any covariance type.
 
     Parameters
@@ -185,7 +193,7 @@ def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba
     X : ndarray of shape (n, D), float32 or float64, C-contiguous
         Finite rows.
     shift : ndarray of shape (D,)
-    kind, whiten, coef, const, cap :
+    kind, whiten, first, coef, const, cap :
         As :func:`_log_densities` takes them (see :func:`kernel_inputs`).
     n_tile : int
     labels : ndarray of shape (n,) or (0,), int64
@@ -202,6 +210,7 @@ def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba
     y_t = np.zeros((n_features, n_tile))
     f_t = np.zeros((coef.shape[1] if kind != FULL else 0, n_tile))
     z_t = np.zeros((whiten.shape[0] if kind in (TIED, FULL) else 0, n_tile))
+    z_first = np.zeros((first.shape[0], n_tile))
     resp = np.empty((n_components, n_tile))
     top = np.empty(n_tile)
     total = np.empty(n_tile)
@@ -211,7 +220,8 @@ def predict_rows(X, shift, kind, whiten, coef, const, cap, n_tile, labels, proba
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
         load_tile(X, shift, start, m, y_t)
-        _log_densities(kind, y_t, whiten, coef, const, cap, z_t, f_t, resp, shifted, m)
+        _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t, resp,
+                       shifted, m)
         exponentiate_tile(resp, top, total, shifted, expo, best)
         if want_labels:
             for r in range(m):
@@ -235,10 +245,12 @@ class KernelParts(NamedTuple):
     means : ndarray of shape (K, D)
     scale : ndarray
         DIAG: the precisions (K, D); SPHERICAL: (K, 1); TIED: ``U`` (D, D);
-        FULL: unused (0, 0).
+        FULL: the stacked ``[U_1 ... U_K]^T`` (K D, D).
     whiten : ndarray
-        TIED: ``U^T`` (D, D); FULL: the stacked ``[U_1 ... U_K]^T`` (K D, D);
-        else (0, 0).
+        TIED: ``U^T`` (D, D); FULL: the second matrix of
+        ``_fused.split_whitening`` of the stacked ``[U_1 ... U_K]^T``; else (0, 0).
+    first : ndarray
+        FULL: the first matrix of ``_fused.split_whitening``; else (0, 0).
     cap : ndarray of shape (K,)
         ``log weight_k + log det U_k - D/2 log(2 pi)``.
     """
@@ -247,6 +259,7 @@ class KernelParts(NamedTuple):
     means: np.ndarray
     scale: np.ndarray
     whiten: np.ndarray
+    first: np.ndarray
     cap: np.ndarray
 
 
@@ -259,9 +272,10 @@ def kernel_parts(params):
     cap += log_det_cholesky(prec_chol, params.covariance_type, n_features)
     cap -= 0.5 * n_features * math.log(2 * math.pi)
     cap = np.ascontiguousarray(np.broadcast_to(cap, (n_components,)), dtype=np.float64)
-    scale, whiten = np.zeros((0, 0)), np.zeros((0, 0))
+    scale, whiten, first = np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0))
     if kind == FULL:
-        whiten = prec_chol.transpose(0, 2, 1).reshape(-1, n_features)
+        scale = prec_chol.transpose(0, 2, 1).reshape(-1, n_features)
+        first, whiten = split_whitening(scale, n_features)
     elif kind == DIAG:
         scale = prec_chol**2
     elif kind == SPHERICAL:
@@ -270,7 +284,7 @@ def kernel_parts(params):
         scale, whiten = prec_chol, prec_chol.T
     return KernelParts(kind, np.ascontiguousarray(params.means, dtype=np.float64),
                        np.ascontiguousarray(scale, dtype=np.float64),
-                       np.ascontiguousarray(whiten, dtype=np.float64), cap)
+                       np.ascontiguousarray(whiten, dtype=np.float64), first, cap)
 
 
 @compiled(fastmath=_FASTMATH)
@@ -313,7 +327,7 @@ def _fill_inputs(kind, means, scale, whiten, cap, shift, coef, const):
                 acc = 0.0
                 row = k * n_features + j
                 for i in range(n_features):
-                    acc += local[i] * whiten[row, i]
+                    acc += local[i] * scale[row, i]
                 coef[k, j] = acc
         const[k] = cap[k] - 0.5 * quadratic
 
@@ -335,8 +349,8 @@ def kernel_inputs(params, shift, parts=None):
     Returns
     -------
     kind : int
-    whiten : ndarray
-        TIED: ``U^T`` (D, D); FULL: the stacked whitening (K D, D); else (0, 0).
+    whiten, first : ndarray
+        As :class:`KernelParts` holds them.
     coef : ndarray
         FULL: offsets (K, D); else feature coefficients (K, P).
     const, cap : ndarray of shape (K,)
@@ -347,7 +361,7 @@ def kernel_inputs(params, shift, parts=None):
     const = np.empty(n_components)
     _fill_inputs(parts.kind, parts.means, parts.scale, parts.whiten, parts.cap,
                  np.asarray(shift, dtype=np.float64), coef, const)
-    return parts.kind, parts.whiten, coef, const, parts.cap
+    return parts.kind, parts.whiten, parts.first, coef, const, parts.cap
 
 
 def _weights(w):
@@ -380,17 +394,17 @@ def e_step(block, params, stats, cache=None, parts=None):
         inputs = kernel_inputs(params, stats.shift, parts)
         if cache is not None:
             cache["inputs"] = inputs
-    kind, whiten, coef, const, cap = inputs
+    kind, whiten, first, coef, const, cap = inputs
     rows = np.ascontiguousarray(block.rows)
     w = _weights(block.w)
     stats.n += block.total_weight()
     stats.rows += block.n
     n_components, n_features = params.means.shape
     if kind == FULL and n_features >= _wide.WIDE_FEATURES:
-        return _wide.wide_full_e_step(rows, stats.shift, w, whiten, coef, const, stats.nk,
-                                      stats.s1, stats.s2)
+        return _wide.wide_full_e_step(rows, stats.shift, w, first, whiten, coef, const,
+                                      stats.nk, stats.s1, stats.s2)
     if kind == FULL:
-        return _fused.full_e_step(rows, stats.shift, w, whiten, coef, const,
+        return _fused.full_e_step(rows, stats.shift, w, first, whiten, coef, const,
                                   tile_rows(n_components, n_features),
                                   stats.nk, stats.s1, stats.s2)
     n_tile = LINEAR_TILE_ROWS
@@ -429,17 +443,17 @@ def predict(rows, params, shift, labels=None, proba=None, scores=None, parts=Non
     parts : KernelParts, optional
         ``kernel_parts(params)``, when the caller keeps it.
     """
-    kind, whiten, coef, const, cap = kernel_inputs(params, shift, parts)
+    kind, whiten, first, coef, const, cap = kernel_inputs(params, shift, parts)
     n_components = len(const)
     rows = rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
     if kind == FULL and rows.shape[1] >= _wide.WIDE_FEATURES:
-        _wide.wide_full_predict(rows, shift, whiten, coef, const,
+        _wide.wide_full_predict(rows, shift, first, whiten, coef, const,
                                 np.empty(0, dtype=np.int64) if labels is None else labels,
                                 np.empty((0, n_components)) if proba is None else proba,
                                 np.empty(0) if scores is None else scores)
         return
     predict_rows(np.ascontiguousarray(rows), np.asarray(shift, dtype=np.float64), kind,
-                 whiten, coef, const, cap, prediction_tile_rows(params),
+                 whiten, first, coef, const, cap, prediction_tile_rows(params),
                  np.empty(0, dtype=np.int64) if labels is None else labels,
                  np.empty((0, n_components)) if proba is None else proba,
                  np.empty(0) if scores is None else scores)

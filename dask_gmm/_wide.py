@@ -6,9 +6,9 @@ cache and shrinks its tiles as ``D`` grows, so that the packed products of
 ``K D x D`` whitening matrix from memory every few rows. Here the same formulas
 run as BLAS products over sub-blocks of hundreds of rows:
 
-- one product whitens every component (:func:`wide_full_log_prob`); the
+- two products whiten every component (:func:`wide_full_log_prob`); the
   precision factors the M-step makes are upper triangular, so the zero block of
-  each is skipped (three quarters of the flops);
+  each is skipped (three quarters of the flops; ``_fused.split_whitening``);
 - the second moments are three half-width products per component
   (:func:`add_gram`; the lower-left block is never formed);
 - densities and responsibilities are the tile kernel's compiled loops.
@@ -29,7 +29,7 @@ WIDE_FLOATS = 2**20
 GRAM_FLOATS = 2**17
 
 
-def wide_full_log_prob(Y, whiten, offsets, log_const):
+def wide_full_log_prob(Y, first, second, offsets, log_const):
     """Weighted log densities of shifted rows under full covariances, transposed.
 
     The formula of the compiled tile kernel, ``log_const_k - |U_k^T y - o_k|^2 / 2``,
@@ -42,8 +42,9 @@ def wide_full_log_prob(Y, whiten, offsets, log_const):
     ----------
     Y : ndarray of shape (m, D), float64
         Rows minus the shift.
-    whiten : ndarray of shape (K D, D)
-        The stacked ``[U_1 ... U_K]^T``.
+    first, second : ndarray
+        The stacked ``[U_1 ... U_K]^T`` as ``_fused.split_whitening`` gives it
+        (triangular factors skip their zero block: three quarters of the flops).
     offsets : ndarray of shape (K, D)
         ``(mean_k - shift) U_k``.
     log_const : ndarray of shape (K,)
@@ -54,32 +55,16 @@ def wide_full_log_prob(Y, whiten, offsets, log_const):
     """
     from . import _fused
 
-    n_components, n_features = offsets.shape
+    n_components = offsets.shape[0]
     m = len(Y)
-    stacked = whiten.reshape(n_components, n_features, n_features)  # U_k^T
-    half = n_features // 2
+    half = first.shape[1]
+    z_first = first @ Y[:, :half].T if half else np.empty((0, m))
+    z_second = second @ Y.T
     log_prob = np.empty((n_components, m))
     squares = np.empty(m)
-    if stacked[:, :half, half:].any():  # not triangular (a user's precisions_init)
-        z_t = whiten @ Y.T  # (K D, m)
-        for k in range(n_components):
-            _fused.whitened_densities(z_t, k * n_features, k, offsets, log_const, log_prob,
-                                      squares)
-        return log_prob
-    # U_k^T is lower triangular: its upper-right block is zero, and the first half
-    # of z needs only the first half of y (three quarters of the flops)
-    first = np.ascontiguousarray(stacked[:, :half, :half]).reshape(-1, half) @ Y[:, :half].T
-    second = np.ascontiguousarray(stacked[:, half:, :]).reshape(-1, n_features) @ Y.T
-    rest = np.empty((n_components, m))
-    first_offsets = np.ascontiguousarray(offsets[:, :half])
-    second_offsets = np.ascontiguousarray(offsets[:, half:])
-    width = n_features - half
     for k in range(n_components):
-        _fused.whitened_densities(first, k * half, k, first_offsets, log_const, log_prob,
+        _fused.whitened_densities(z_first, z_second, half, k, offsets, log_const, log_prob,
                                   squares)
-        _fused.whitened_densities(second, k * width, k, second_offsets,
-                                  np.zeros(n_components), rest, squares)
-    log_prob += rest
     return log_prob
 
 
@@ -102,7 +87,7 @@ def _wide_blocks(n, n_components, n_features):
     return ((start, min(start + step, n)) for start in range(0, n, step))
 
 
-def wide_full_e_step(X, shift, w, whiten, offsets, log_const, nk, s1, s2):
+def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2):
     """Full-covariance E-step and M-step sums for wide rows (see :func:`wide_full_log_prob`).
 
     Takes and fills what ``_fused.full_e_step`` does. The densities are taken
@@ -123,7 +108,8 @@ def wide_full_e_step(X, shift, w, whiten, offsets, log_const, nk, s1, s2):
     Y = np.subtract(X, shift, dtype=np.float64)
     resp = np.empty((n_components, n))
     for start, stop in _wide_blocks(n, n_components, n_features):
-        resp[:, start:stop] = wide_full_log_prob(Y[start:stop], whiten, offsets, log_const)
+        resp[:, start:stop] = wide_full_log_prob(Y[start:stop], first, second, offsets,
+                                                 log_const)
     buffers = [np.empty(n) for _ in range(4)]
     log_likelihood = _fused.normalise_tile(resp, n, w, 0, *buffers, nk)
     s1 += resp @ Y
@@ -138,13 +124,13 @@ def wide_full_e_step(X, shift, w, whiten, offsets, log_const, nk, s1, s2):
     return log_likelihood
 
 
-def wide_full_predict(X, shift, whiten, offsets, log_const, labels, proba, scores):
+def wide_full_predict(X, shift, first, second, offsets, log_const, labels, proba, scores):
     """``_fused_linear.predict_rows`` for full covariances and wide rows (same arguments)."""
     n, n_features = X.shape
     n_components = len(log_const)
     for start, stop in _wide_blocks(n, n_components, n_features):
         Y = np.subtract(X[start:stop], shift, dtype=np.float64)
-        log_prob = wide_full_log_prob(Y, whiten, offsets, log_const)
+        log_prob = wide_full_log_prob(Y, first, second, offsets, log_const)
         top = log_prob.max(axis=0)
         expo = np.exp(log_prob - top)
         total = expo.sum(axis=0)

@@ -132,6 +132,28 @@ def test_compiled_prediction_equals_numpy_kernels(covariance_type, n_rows, dtype
     np.testing.assert_array_equal(alone, scores)
 
 
+@pytest.mark.parametrize("n_features", [1, 2, 5, 6, 17])
+@pytest.mark.parametrize("factor", ["upper", "lower"])
+def test_tile_kernel_whitens_by_the_factors_triangle(n_features, factor):
+    """The M-step's upper-triangular precision factors whiten in two products that
+    skip their zero block; a user's lower-triangular ``precisions_init`` in one.
+    Both give the numpy kernels' sums and predictions (odd and even widths)."""
+    rng = np.random.default_rng(n_features)
+    params = random_params(rng, 4, n_features, center=-7.0)
+    if factor == "lower":
+        precisions = params.prec_chol @ params.prec_chol.transpose(0, 2, 1)
+        params = Params(params.weights, params.means, np.linalg.cholesky(precisions), "full")
+    parts = _fused_linear.kernel_parts(params)
+    half = n_features // 2 if factor == "upper" else 0
+    assert parts.first.shape == ((4 * half, half) if half else (0, 0))
+    assert parts.whiten.shape == (4 * (n_features - half), n_features)
+    X = rng.normal(size=(700, n_features)) * 2 - 7.0
+    w = rng.uniform(0, 3, 700)
+    assert_sums_equal(chunk_pass(X, [EStep(params)], sample_weight=w)[0],
+                      numpy_e_step(X, params, w))
+    assert_predictions_equal(X, params, np.float64)
+
+
 def test_prediction_of_rows_with_holes_uses_the_kernel_for_the_complete_ones():
     rng = np.random.default_rng(4)
     params = random_params(rng, 3, 4, covariance_type="diag")
