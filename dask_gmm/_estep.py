@@ -126,9 +126,11 @@ def check_rows(rows, block_start=0, where="", place=None, kept=None):
     """
     flat = rows.reshape(-1)
     # The common case in one BLAS pass: a finite sum of squares below 1e200
-    # means every value is finite and below LARGEST_MAGNITUDE.
+    # means every value is finite and below LARGEST_MAGNITUDE. np.dot, not
+    # ``@``: numpy's matmul of two vectors holds the GIL, and every chunk task
+    # checks its rows (on 16 threads the tasks started one after another).
     with np.errstate(over="ignore", invalid="ignore"):
-        squares = float(flat @ flat) if flat.size else 0.0
+        squares = float(np.dot(flat, flat)) if flat.size else 0.0
     if math.isfinite(squares) and squares < LARGEST_MAGNITUDE**2:
         return
     low, high = float(rows.min(initial=0.0)), float(rows.max(initial=0.0))
@@ -331,7 +333,7 @@ def _squared_mahalanobis_full(block, means, params):
     n_components = prec_chol.shape[0]
     stacked = prec_chol.transpose(1, 0, 2).reshape(n_features, -1)
     offsets = np.einsum("kd,kde->ke", means, prec_chol).reshape(-1)
-    Z = block.Y @ stacked
+    Z = np.dot(block.Y, stacked)
     Z -= offsets
     # einsum squares and sums the short last axis in one pass, ~4x faster than
     # np.square followed by .sum(axis=2)
@@ -341,9 +343,9 @@ def _squared_mahalanobis_full(block, means, params):
 
 def _squared_mahalanobis_tied(block, means, params):
     """Whitened distances for one shared covariance: one ``(n, D) @ (D, D)`` product."""
-    Z = block.Y @ params.prec_chol
-    M = means @ params.prec_chol
-    out = Z @ M.T
+    Z = np.dot(block.Y, params.prec_chol)
+    M = np.dot(means, params.prec_chol)
+    out = np.dot(Z, M.T)
     out *= -2.0
     out += np.einsum("nd,nd->n", Z, Z)[:, None]
     out += np.einsum("kd,kd->k", M, M)
@@ -354,9 +356,9 @@ def _squared_mahalanobis_diag(block, means, params):
     """Distances for diagonal covariances through two ``(n, D) @ (D, K)`` products."""
     precisions = params.prec_chol**2
     Y = block.Y
-    out = Y @ (means * precisions).T
+    out = np.dot(Y, (means * precisions).T)
     out *= -2.0
-    out += (Y * Y) @ precisions.T
+    out += np.dot(Y * Y, precisions.T)
     out += np.einsum("kd,kd->k", means * means, precisions)
     return out
 
@@ -365,7 +367,7 @@ def _squared_mahalanobis_spherical(block, means, params):
     """Distances for one variance per component."""
     precisions = params.prec_chol**2
     Y = block.Y
-    out = Y @ means.T
+    out = np.dot(Y, means.T)
     out *= -2.0
     out += np.einsum("nd,nd->n", Y, Y)[:, None]
     out += np.einsum("kd,kd->k", means, means)
@@ -450,4 +452,4 @@ def responsibilities(wlp):
 
 def weighted_sum(values, w):
     """``sum(values)``, weighted by ``w`` when there are weights."""
-    return float(values.sum() if w is None else values @ w)
+    return float(values.sum() if w is None else np.dot(values, w))

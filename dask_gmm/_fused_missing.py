@@ -418,7 +418,7 @@ class PatternRuns:
         mask = incomplete.missing
         n, n_features = mask.shape
         if n_features <= 62:
-            keys = mask @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
+            keys = np.dot(mask, np.int64(1) << np.arange(n_features, dtype=np.int64))
         else:
             keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
         self.order = sort_by_pattern(keys, n_features)
@@ -428,7 +428,7 @@ class PatternRuns:
         chol = params.prec_chol
         if params.covariance_type == "tied":
             chol = np.broadcast_to(chol, (n_components, n_features, n_features))
-        self.precision = np.ascontiguousarray(chol @ chol.transpose(0, 2, 1))
+        self.precision = np.ascontiguousarray(np.matmul(chol, chol.transpose(0, 2, 1)))
         self.log_const = params.log_mixing() + np.log(
             np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
         self.rows = np.ascontiguousarray(incomplete.rows, dtype=np.float64)

@@ -67,7 +67,7 @@ class PatternGroup:
                      + missing).reshape(-1)
         q = missing.shape[1]
         if q * math.log2(max(n_features, 2)) < 62:  # each pattern as one integer
-            keys = missing @ (n_features ** np.arange(q, dtype=np.int64))
+            keys = np.dot(missing, n_features ** np.arange(q, dtype=np.int64))
             unique_keys, first, self.pattern_of_row = np.unique(
                 keys, return_index=True, return_inverse=True)
             self.patterns = missing[first]
@@ -173,21 +173,22 @@ def marginal_terms(rows, missing_mask, groups, params, shift):
         if cov_type == "spherical":
             precisions = np.repeat(precisions[:, None], n_features, axis=1)
         # sum over observed d of prec (x - mean)^2, expanded: no n x K x D temporary
-        quad = ((base * base) @ precisions.T - 2 * base @ (precisions * local_means).T
-                + present @ (precisions * local_means**2).T)
-        log_det = present @ np.log(precisions).T
+        quad = (np.dot(base * base, precisions.T)
+                - 2 * np.dot(base, (precisions * local_means).T)
+                + np.dot(present, (precisions * local_means**2).T))
+        log_det = np.dot(present, np.log(precisions).T)
         return MarginalTerms(-0.5 * quad + 0.5 * log_det + constant, base, local_means,
                              variances=1.0 / precisions)
     chol = params.prec_chol if cov_type == "full" else np.broadcast_to(
         params.prec_chol, (n_components, n_features, n_features))
-    precision = chol @ chol.transpose(0, 2, 1)  # (K, D, D)
+    precision = np.matmul(chol, chol.transpose(0, 2, 1))  # (K, D, D)
     # g_k = Lambda_k (x - mean_k) with missing entries of x - mean_k set to 0
     # [base, present] @ [Lambda_k; -diag(mean_k) Lambda_k] for all k in one product
     # (each n x K x D temporary costs more in fresh memory than in arithmetic)
     factors = np.concatenate([precision, -local_means[:, :, None] * precision], axis=1)
-    g = (np.concatenate([base, present], axis=1)
-         @ factors.transpose(1, 0, 2).reshape(2 * n_features, -1)
-         ).reshape(n, n_components, n_features)
+    g = np.dot(np.concatenate([base, present], axis=1),
+               factors.transpose(1, 0, 2).reshape(2 * n_features, -1)
+               ).reshape(n, n_components, n_features)
     quad = (np.einsum("nd,nkd->nk", base, g)
             - np.einsum("nd,kd,nkd->nk", present, local_means, g, optimize=False))
     log_det = np.repeat(
@@ -205,7 +206,7 @@ def marginal_terms(rows, missing_mask, groups, params, shift):
             log_det_mm = np.broadcast_to(log_det_mm, (n_components, log_det_mm.shape[1]))
         g_m = np.take_along_axis(g[group.rows], group.missing[:, None, :], axis=2)
         per_row = inverse[:, group.pattern_of_row]  # (K, n_q, q, q)
-        solved = (per_row @ g_m.transpose(1, 0, 2)[..., None])[..., 0].transpose(1, 0, 2)
+        solved = np.matmul(per_row, g_m.transpose(1, 0, 2)[..., None])[..., 0].transpose(1, 0, 2)
         quad[group.rows] -= np.einsum("nki,nki->nk", g_m, solved)
         log_det[group.rows] -= log_det_mm[:, group.pattern_of_row].T
         fills.append(local_means[:, group.missing].transpose(1, 0, 2) - solved)
@@ -270,7 +271,7 @@ def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     shift = stats.shift
     imputed = stats.imputed if stats.imputed is not None else np.zeros(n_features)
     if terms.variances is not None:
-        imputed += ((a.T @ absent) * (terms.local_means + shift)).sum(axis=0)
+        imputed += (np.dot(a.T, absent) * (terms.local_means + shift)).sum(axis=0)
     else:
         for group, fill in zip(groups, terms.fills):
             weighted_fill = a[group.rows][:, :, None] * (fill + shift[group.missing][:, None, :])
@@ -278,10 +279,11 @@ def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
                                    weights=weighted_fill.sum(axis=1).reshape(-1))
     stats.imputed = imputed
     if terms.variances is not None:  # diag, spherical: missing entries at the means
-        stats.s1 += a.T @ base + (a.T @ absent) * terms.local_means
+        counts = np.dot(a.T, absent)  # (K, D): responsibility mass missing each feature
+        stats.s1 += np.dot(a.T, base) + counts * terms.local_means
         if stats.s2 is not None:
-            second = (a.T @ (base * base)
-                      + (a.T @ absent) * (terms.local_means**2 + terms.variances))
+            second = (np.dot(a.T, base * base)
+                      + counts * (terms.local_means**2 + terms.variances))
             stats.s2 += second if cov_type == "diag" else second.sum(axis=1)
         return
     # every component's expected rows at once: base plus its fills at the missing features
@@ -298,7 +300,7 @@ def accumulate_expected(stats, terms, groups, missing_mask, resp_weighted):
     if stats.s2 is None:
         return
     # (K, D, n) @ (K, n, D): one batched product for every component
-    second = weighted.transpose(1, 2, 0) @ expected.transpose(1, 0, 2)
+    second = np.matmul(weighted.transpose(1, 2, 0), expected.transpose(1, 0, 2))
     square = n_features * n_features
     for group, inverse in zip(groups, terms.inverses):
         mass = np.stack([np.bincount(group.pattern_of_row, weights=a[group.rows, k],

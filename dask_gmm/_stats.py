@@ -128,7 +128,7 @@ def _covariance_full(s2, nk, local_means, reg_covar):
 def _block_sum_tied(block, Rw):
     Y = block.Y
     Yw = Y if block.w is None else Y * block.w[:, None]
-    return Yw.T @ Y
+    return np.dot(Yw.T, Y)
 
 
 def _translate_tied(stats, d):
@@ -137,7 +137,7 @@ def _translate_tied(stats, d):
 
 
 def _covariance_tied(s2, nk, local_means, reg_covar):
-    cov = s2 - (nk[:, None] * local_means).T @ local_means
+    cov = s2 - np.dot((nk[:, None] * local_means).T, local_means)
     cov /= nk.sum()
     cov.flat[:: cov.shape[0] + 1] += reg_covar
     return cov
@@ -151,7 +151,7 @@ def _covariance_spherical(s2, nk, local_means, reg_covar):
 SECOND_MOMENTS = {
     "full": SecondMoments(
         shape=lambda k, d: (k, d * (d + 1) // 2),
-        block_sum=lambda block, Rw: (block.quad_t @ Rw).T,
+        block_sum=lambda block, Rw: np.dot(block.quad_t, Rw).T,
         translate=_translate_full,
         covariance=_covariance_full,
     ),
@@ -163,15 +163,15 @@ SECOND_MOMENTS = {
     ),
     "diag": SecondMoments(
         shape=lambda k, d: (k, d),
-        block_sum=lambda block, Rw: Rw.T @ (block.Y * block.Y),
+        block_sum=lambda block, Rw: np.dot(Rw.T, block.Y * block.Y),
         translate=lambda stats, d: stats.s2 + 2 * stats.s1 * d + stats.nk[:, None] * d**2,
         covariance=lambda s2, nk, local_means, reg_covar: (
             s2 / nk[:, None] - local_means**2 + reg_covar),
     ),
     "spherical": SecondMoments(
         shape=lambda k, d: (k,),
-        block_sum=lambda block, Rw: Rw.T @ np.einsum("nd,nd->n", block.Y, block.Y),
-        translate=lambda stats, d: stats.s2 + 2 * stats.s1 @ d + stats.nk * (d @ d),
+        block_sum=lambda block, Rw: np.dot(Rw.T, np.einsum("nd,nd->n", block.Y, block.Y)),
+        translate=lambda stats, d: stats.s2 + 2 * np.dot(stats.s1, d) + stats.nk * np.dot(d, d),
         covariance=_covariance_spherical,
     ),
 }
@@ -212,7 +212,7 @@ def accumulate(stats, block, R):
     """
     Rw = block.weighted(R)
     stats.nk += Rw.sum(axis=0)
-    stats.s1 += Rw.T @ block.Y
+    stats.s1 += np.dot(Rw.T, block.Y)
     stats.n += block.total_weight()
     stats.rows += block.n
     if stats.s2 is not None:

@@ -13,6 +13,10 @@ run as BLAS products over sub-blocks of hundreds of rows:
   (:func:`add_gram`; the lower-left block is never formed);
 - densities and responsibilities are the tile kernel's compiled loops.
 
+Products are ``np.dot``: numpy's ``@`` holds the GIL for some shapes (a
+vector by a vector, a short wide matrix by a tall one), which serialises the
+chunk tasks of a threaded pass.
+
 Results agree with the numpy kernels to rounding (tests compare them).
 """
 
@@ -58,8 +62,8 @@ def wide_full_log_prob(Y, first, second, offsets, log_const):
     n_components = offsets.shape[0]
     m = len(Y)
     half = first.shape[1]
-    z_first = first @ Y[:, :half].T if half else np.empty((0, m))
-    z_second = second @ Y.T
+    z_first = np.dot(first, Y[:, :half].T) if half else np.empty((0, m))
+    z_second = np.dot(second, Y.T)
     log_prob = np.empty((n_components, m))
     squares = np.empty(m)
     for k in range(n_components):
@@ -77,9 +81,9 @@ def add_gram(Y, r, gram):
     """
     half = Y.shape[1] // 2
     A = Y * r[:, None]
-    gram[:half, :half] += Y[:, :half].T @ A[:, :half]
-    gram[:half, half:] += Y[:, :half].T @ A[:, half:]
-    gram[half:, half:] += Y[:, half:].T @ A[:, half:]
+    gram[:half, :half] += np.dot(Y[:, :half].T, A[:, :half])
+    gram[:half, half:] += np.dot(Y[:, :half].T, A[:, half:])
+    gram[half:, half:] += np.dot(Y[:, half:].T, A[:, half:])
 
 
 def _wide_blocks(n, n_components, n_features):
@@ -112,7 +116,7 @@ def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2)
                                                  log_const)
     buffers = [np.empty(n) for _ in range(4)]
     log_likelihood = _fused.normalise_tile(resp, n, w, 0, *buffers, nk)
-    s1 += resp @ Y
+    s1 += np.dot(resp, Y)
     # (r_k y) in slices that stay in cache, each product still over many rows
     step = max(64, GRAM_FLOATS // n_features)
     gram = np.zeros((n_components, n_features, n_features))

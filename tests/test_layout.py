@@ -69,3 +69,23 @@ def test_xarray_is_optional():
         "assert gm.predict(X).shape == (500,)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+# Modules whose code runs inside chunk tasks, on dask's threads.
+CHUNK_TASK_MODULES = ["_engine", "_estep", "_fused", "_fused_kmeans", "_fused_linear",
+                      "_fused_missing", "_missing", "_predict", "_requests", "_stats", "_wide",
+                      "outputs"]
+
+
+def test_chunk_task_code_takes_products_that_release_the_gil():
+    """numpy's ``@`` holds the GIL for some shapes (a vector by a vector, a short wide
+    matrix by a tall one): a row check written ``flat @ flat`` made 16 threaded chunk
+    tasks start one after another. Code run in chunk tasks writes ``np.dot`` (or
+    ``np.matmul`` for stacks of matrices) instead."""
+    found = []
+    for name in CHUNK_TASK_MODULES:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.BinOp, ast.AugAssign)) and isinstance(node.op, ast.MatMult):
+                found.append(f"{name}.py:{node.lineno}")
+    assert found == []
