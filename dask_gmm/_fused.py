@@ -43,12 +43,18 @@ _EXP_FLOOR = -700.0
 
 
 def compiled(**options):
-    """``numba.njit(nogil=True, cache=True, **options)``, without the cache where none can be kept.
+    """``numba.njit(nogil=True, cache=True, error_model="numpy", **options)``.
 
     numba refuses ``cache=True`` when it finds no writable place for the
     cache (a read-only install and home, a function without a source file);
     then every process compiles again (about a second) instead of failing.
+    numpy's error model: a division by zero gives inf or NaN, as in numpy,
+    rather than raising. The E-step kernels read rows before they are checked
+    (they take the check's sum of squares as they read), and rows holding NaN
+    must reach the check's clear error, not a ``ZeroDivisionError``.
     """
+    options = {"error_model": "numpy", **options}
+
     def decorate(function):
         try:
             return njit(nogil=True, cache=True, **options)(function)
@@ -165,13 +171,28 @@ def exp_nonpositive(x):
 def load_tile(X, shift, start, m, y_t):
     """Rows ``start..start+m`` of ``X`` minus ``shift`` into the columns of ``y_t`` (D, n_tile).
 
-    Columns ``m..`` keep the previous tile's (finite) rows; the kernels give
-    them zero weight.
+    Columns ``m..`` keep the previous tile's rows; the kernels give them zero
+    weight.
+
+    Returns
+    -------
+    float
+        The sum of the squares of the rows' values (``(y + shift)^2``, read back
+        from the tile, where it vectorises): NaN or infinite when a value is, and
+        at least ``1e200`` when one is beyond ``1e100``. The kernels report it, so
+        that the row check (``_estep.check_rows``) needs no read of its own.
     """
     n_features = X.shape[1]
     for r in range(m):
         for i in range(n_features):
             y_t[i, r] = X[start + r, i] - shift[i]
+    total = 0.0
+    for i in range(n_features):
+        s = shift[i]
+        for r in range(m):
+            v = y_t[i, r] + s
+            total += v * v
+    return total
 
 
 def split_whitening(whiten, n_features):
@@ -345,7 +366,8 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo, nk):
 
 
 @compiled(fastmath=_FASTMATH)
-def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, s2):
+def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, s2,
+                row_squares):
     """E-step of full covariances, adding the sums about ``shift`` in place.
 
     Parameters
@@ -372,6 +394,8 @@ def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, 
         Adds ``sum w r_k y``.
     s2 : ndarray of shape (K, T)
         Adds ``sum w r_k y_i y_j`` for ``i <= j`` in row-major order.
+    row_squares : ndarray of shape (1,)
+        Adds the sum of the squares of the rows' values (see :func:`load_tile`).
 
     Returns
     -------
@@ -394,9 +418,10 @@ def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, 
     s1_tile = np.empty((n_components, n_features))
     s2_tile = np.empty((n_components, n_packed))
     log_likelihood = 0.0
+    squares = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        load_tile(X, shift, start, m, y_t)
+        squares += load_tile(X, shift, start, m, y_t)
         whiten_tile(first, second, y_t, z_first, z_second)
         for k in range(n_components):
             whitened_densities(z_first, z_second, half, k, offsets, log_const, resp, shifted)
@@ -406,6 +431,7 @@ def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, 
         s1 += s1_tile
         np.dot(resp, quad_t.T, s2_tile)
         s2 += s2_tile
+    row_squares[0] += squares
     return log_likelihood
 
 

@@ -24,7 +24,7 @@ TILE_ROWS = 256
 
 
 @compiled(fastmath=_FASTMATH)
-def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
+def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2, row_squares):
     """Add the sums of rows given wholly to their nearest center.
 
     Parameters
@@ -47,6 +47,8 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
         FULL: (K, T) packed ``sum w y_i y_j``; TIED: (D, D) ``sum w y y^T`` of all
         rows; DIAG: (K, D) ``sum w y^2``; SPHERICAL: (K, 1) ``sum w |y|^2``;
         NONE: ignored.
+    row_squares : ndarray of shape (1,)
+        Adds the sum of the squares of the rows' values (``_fused.load_tile``).
 
     Returns
     -------
@@ -78,9 +80,10 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
                            else (0, 0, 0))
     row = np.empty(n_features)
     inertia = 0.0
+    squares_of_rows = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        load_tile(X, shift, start, m, y_t)
+        squares_of_rows += load_tile(X, shift, start, m, y_t)
         for r in range(m):
             colw[r] = w[start + r] if weighted else 1.0
         for r in range(m, n_tile):
@@ -146,6 +149,7 @@ def hard_assignment(X, shift, w, centers, layout, n_tile, nk, s1, s2):
                 for j in range(i, n_features):
                     s2[k, t] += square_sums[k, i, j]
                     t += 1
+    row_squares[0] += squares_of_rows
     return -inertia
 
 
@@ -173,6 +177,9 @@ def hard_assignment_step(block, centers, stats):
     else:
         layout = LAYOUTS[stats.covariance_type]
         s2 = stats.s2.reshape(-1, 1) if layout == SPHERICAL else stats.s2
-    return hard_assignment(np.ascontiguousarray(block.rows), stats.shift, w,
-                           np.ascontiguousarray(centers - stats.shift), layout, TILE_ROWS,
-                           stats.nk, stats.s1, s2)
+    squares = np.zeros(1)
+    inertia = hard_assignment(np.ascontiguousarray(block.rows), stats.shift, w,
+                              np.ascontiguousarray(centers - stats.shift), layout, TILE_ROWS,
+                              stats.nk, stats.s1, s2, squares)
+    block.report_squares(squares)
+    return inertia

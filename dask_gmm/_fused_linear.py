@@ -117,7 +117,8 @@ def _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t
 
 
 @compiled(fastmath=_FASTMATH)
-def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums, moments):
+def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums, moments,
+                  row_squares):
     """E-step of tied, diag or spherical covariances, adding the sums in place.
 
     Parameters
@@ -140,6 +141,8 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
         (K, D), adds ``sum w r_k y`` (``s1``).
     moments : ndarray of shape (D, D) or (0, 0)
         TIED: adds ``sum w y y^T``.
+    row_squares : ndarray of shape (1,)
+        Adds the sum of the squares of the rows' values (``_fused.load_tile``).
 
     Returns
     -------
@@ -162,9 +165,10 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     sums_tile = np.empty(sums.shape)
     moments_tile = np.empty(moments.shape)
     log_likelihood = 0.0
+    squares = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        load_tile(X, shift, start, m, y_t)
+        squares += load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, no_first, coef, const, cap, no_first, z_t, f_t, resp,
                        shifted, m)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
@@ -180,12 +184,13 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
         else:
             np.dot(resp, f_t.T, sums_tile)
         sums += sums_tile
+    row_squares[0] += squares
     return log_likelihood
 
 
 @compiled(fastmath=_FASTMATH)
 def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels, proba,
-                 scores):
+                 scores, row_squares):
     """Labels, probabilities and log-likelihoods of rows, for any covariance type.
 
     Parameters
@@ -202,6 +207,8 @@ def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels
         Receives the responsibilities (any float dtype); empty to skip.
     scores : ndarray of shape (n,) or (0,), any float dtype
         Receives ``log p(x)``; empty to skip.
+    row_squares : ndarray of shape (1,)
+        Adds the sum of the squares of the rows' values (``_fused.load_tile``).
     """
     n, n_features = X.shape
     n_components = const.shape[0]
@@ -217,9 +224,10 @@ def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels
     shifted = np.empty(n_tile)
     expo = np.empty(n_tile)
     best = np.empty(n_tile, dtype=np.int64)
+    squares = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
-        load_tile(X, shift, start, m, y_t)
+        squares += load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t, resp,
                        shifted, m)
         exponentiate_tile(resp, top, total, shifted, expo, best)
@@ -234,6 +242,7 @@ def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels
                 inverse = 1.0 / total[r]
                 for k in range(n_components):
                     proba[start + r, k] = resp[k, r] * inverse
+    row_squares[0] += squares
 
 
 class KernelParts(NamedTuple):
@@ -400,22 +409,25 @@ def e_step(block, params, stats, cache=None, parts=None):
     stats.n += block.total_weight()
     stats.rows += block.n
     n_components, n_features = params.means.shape
+    squares = np.zeros(1)
     if kind == FULL and n_features >= _wide.WIDE_FEATURES:
-        return _wide.wide_full_e_step(rows, stats.shift, w, first, whiten, coef, const,
-                                      stats.nk, stats.s1, stats.s2)
-    if kind == FULL:
-        return _fused.full_e_step(rows, stats.shift, w, first, whiten, coef, const,
-                                  tile_rows(n_components, n_features),
-                                  stats.nk, stats.s1, stats.s2)
-    n_tile = LINEAR_TILE_ROWS
-    if kind == TIED:
-        return linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap, n_tile,
-                             stats.nk, stats.s1, stats.s2)
-    sums = np.zeros(coef.shape)
-    log_likelihood = linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap,
-                                   n_tile, stats.nk, sums, np.zeros((0, 0)))
-    stats.s1 += sums[:, :n_features]
-    stats.s2 += sums[:, n_features:].reshape(stats.s2.shape)
+        log_likelihood = _wide.wide_full_e_step(rows, stats.shift, w, first, whiten, coef,
+                                                const, stats.nk, stats.s1, stats.s2, squares)
+    elif kind == FULL:
+        log_likelihood = _fused.full_e_step(rows, stats.shift, w, first, whiten, coef, const,
+                                            tile_rows(n_components, n_features),
+                                            stats.nk, stats.s1, stats.s2, squares)
+    elif kind == TIED:
+        log_likelihood = linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap,
+                                       LINEAR_TILE_ROWS, stats.nk, stats.s1, stats.s2, squares)
+    else:
+        sums = np.zeros(coef.shape)
+        log_likelihood = linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap,
+                                       LINEAR_TILE_ROWS, stats.nk, sums, np.zeros((0, 0)),
+                                       squares)
+        stats.s1 += sums[:, :n_features]
+        stats.s2 += sums[:, n_features:].reshape(stats.s2.shape)
+    block.report_squares(squares)
     return log_likelihood
 
 
@@ -427,7 +439,8 @@ def prediction_tile_rows(params):
     return LINEAR_TILE_ROWS
 
 
-def predict(rows, params, shift, labels=None, proba=None, scores=None, parts=None):
+def predict(rows, params, shift, labels=None, proba=None, scores=None, parts=None,
+            row_squares=None):
     """Labels, probabilities and scores of finite rows in one pass, into the arrays given.
 
     Parameters
@@ -442,18 +455,21 @@ def predict(rows, params, shift, labels=None, proba=None, scores=None, parts=Non
         Each output given is filled; None skips it.
     parts : KernelParts, optional
         ``kernel_parts(params)``, when the caller keeps it.
+    row_squares : ndarray of shape (1,), optional
+        Adds the sum of the squares of the rows' values (``_fused.load_tile``).
     """
     kind, whiten, first, coef, const, cap = kernel_inputs(params, shift, parts)
+    row_squares = np.zeros(1) if row_squares is None else row_squares
     n_components = len(const)
     rows = rows if rows.dtype in (np.float32, np.float64) else rows.astype(np.float64)
     if kind == FULL and rows.shape[1] >= _wide.WIDE_FEATURES:
         _wide.wide_full_predict(rows, shift, first, whiten, coef, const,
                                 np.empty(0, dtype=np.int64) if labels is None else labels,
                                 np.empty((0, n_components)) if proba is None else proba,
-                                np.empty(0) if scores is None else scores)
+                                np.empty(0) if scores is None else scores, row_squares)
         return
     predict_rows(np.ascontiguousarray(rows), np.asarray(shift, dtype=np.float64), kind,
                  whiten, first, coef, const, cap, prediction_tile_rows(params),
                  np.empty(0, dtype=np.int64) if labels is None else labels,
                  np.empty((0, n_components)) if proba is None else proba,
-                 np.empty(0) if scores is None else scores)
+                 np.empty(0) if scores is None else scores, row_squares)

@@ -32,7 +32,9 @@ from ._estep import (
     RowBlock,
     RowPlace,
     block_rows,
+    check_rows,
     chunk_shift,
+    kernel_block_rows,
     responsibilities,
     row_blocks,
     screen_rows,
@@ -55,7 +57,14 @@ class PassRequest:
     centers, a seed) and never per-chunk state; that lives in the *context*
     :meth:`start_chunk` returns, which :func:`chunk_pass` keeps and hands back
     with every block of the chunk.
+
+    ``checks_rows`` is True for requests whose :meth:`accumulate` runs a
+    compiled tile kernel that reports the block's sum of squared values
+    (``RowBlock.report_squares``) as it reads the rows: a pass of such
+    requests alone checks the rows from that sum, without a read of its own.
     """
+
+    checks_rows = False
 
     def row_width(self):
         """float64 numbers of temporaries per row, which sizes the row blocks.
@@ -147,6 +156,8 @@ class TakeRows:
 class EStep(PassRequest):
     """E-step plus the partial M-step sums under ``params`` (one EM iteration)."""
 
+    checks_rows = True
+
     def __init__(self, params):
         self.params = params
         self._parts = None  # the kernels' inputs that do not depend on a chunk
@@ -194,6 +205,8 @@ class HardAssignment(PassRequest):
     ``second_moments=True`` the statistics also give the mixture parameters
     of that hard assignment (the 'kmeans' initialisation).
     """
+
+    checks_rows = True
 
     def __init__(self, centers, covariance_type, second_moments=True):
         self.centers = centers
@@ -245,6 +258,8 @@ class RandomResponsibilities(PassRequest):
 class LogLikelihood(PassRequest):
     """Only ``n`` and ``sum(weight * log p(x))`` under ``params`` (for BIC/AIC)."""
 
+    checks_rows = True
+
     def __init__(self, params):
         self.params = params
         self._parts = None
@@ -261,8 +276,10 @@ class LogLikelihood(PassRequest):
         if self._parts is None:
             self._parts = _fused_linear.kernel_parts(self.params)
         log_norm = np.empty(block.n)
+        squares = np.zeros(1)
         _fused_linear.predict(block.rows, self.params, stats.shift, scores=log_norm,
-                              parts=self._parts)
+                              parts=self._parts, row_squares=squares)
+        block.report_squares(squares)
         stats.n += block.total_weight()
         stats.rows += block.n
         return weighted_sum(log_norm, block.w)
@@ -337,22 +354,31 @@ def chunk_pass(X, requests, sample_weight=None, row_start=0, chunk_index=None,
     n_features = X.shape[1]
     shift = chunk_shift(X)
     stats = [request.empty(n_features, shift) for request in requests]
+    # The kernels check the rows as they read them (their sum of squares); the
+    # check that needs it, or finds a bad row, runs after them.
+    kernels_check = not omit_nan and all(request.checks_rows for request in requests)
     # Per-chunk state lives here, never on the requests: one request object is
     # shared by every chunk task, and tasks run in parallel threads.
     seed_index = chunk_index if isinstance(chunk_index, int) else None
     contexts = [request.start_chunk(seed_index) for request in requests]
     # per-block log-likelihood contributions, summed exactly at the end
     partials = [[] for _ in requests]
-    rows_per_block = block_rows(max(r.row_width() for r in requests))
+    rows_per_block = (kernel_block_rows(n_features) if kernels_check
+                      else block_rows(max(r.row_width() for r in requests)))
     incomplete_parts = []
     for start, rows, w in row_blocks(X, sample_weight, rows_per_block):
-        complete, complete_w, kept = screen_rows(rows, w, omit_nan, start, place)
+        if kernels_check:
+            complete, complete_w, kept = rows, w, None
+        else:
+            complete, complete_w, kept = screen_rows(rows, w, omit_nan, start, place)
         if complete.shape[0]:
             block = RowBlock(complete, shift, complete_w, start)
             for request, st, context, partial in zip(requests, stats, contexts, partials):
                 contribution = request.accumulate(block, st, context)
                 if contribution is not None:
                     partial.append(contribution)
+            if kernels_check:
+                check_rows(rows, start, place=place, squares=block.squares)
         if marginalize and kept is not None:
             incomplete = IncompleteRows.from_block(rows, w)
             if incomplete.n:

@@ -86,12 +86,21 @@ def add_gram(Y, r, gram):
     gram[half:, half:] += np.dot(Y[:, half:].T, A[:, half:])
 
 
+def _sum_of_squares(X):
+    """The sum of the squares of the rows' values (what the tile kernels report)."""
+    flat = X.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if flat.dtype == np.float64:
+            return float(np.dot(flat, flat))
+        return float(np.einsum("i,i->", flat, flat, dtype=np.float64))  # no float32 sum
+
+
 def _wide_blocks(n, n_components, n_features):
     step = max(8, WIDE_FLOATS // (n_components * n_features))
     return ((start, min(start + step, n)) for start in range(0, n, step))
 
 
-def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2):
+def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2, row_squares):
     """Full-covariance E-step and M-step sums for wide rows (see :func:`wide_full_log_prob`).
 
     Takes and fills what ``_fused.full_e_step`` does. The densities are taken
@@ -109,6 +118,7 @@ def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2)
 
     n, n_features = X.shape
     n_components = len(log_const)
+    row_squares[0] += _sum_of_squares(X)
     Y = np.subtract(X, shift, dtype=np.float64)
     resp = np.empty((n_components, n))
     for start, stop in _wide_blocks(n, n_components, n_features):
@@ -128,10 +138,12 @@ def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2)
     return log_likelihood
 
 
-def wide_full_predict(X, shift, first, second, offsets, log_const, labels, proba, scores):
+def wide_full_predict(X, shift, first, second, offsets, log_const, labels, proba, scores,
+                      row_squares):
     """``_fused_linear.predict_rows`` for full covariances and wide rows (same arguments)."""
     n, n_features = X.shape
     n_components = len(log_const)
+    row_squares[0] += _sum_of_squares(X)
     for start, stop in _wide_blocks(n, n_components, n_features):
         Y = np.subtract(X[start:stop], shift, dtype=np.float64)
         log_prob = wide_full_log_prob(Y, first, second, offsets, log_const)

@@ -319,3 +319,72 @@ def test_wide_full_covariances_take_products_over_many_rows(monkeypatch, n_rows,
                       numpy_e_step(X, params, w))
     assert_predictions_equal(X, params, dtype)
 
+
+
+def kernel_requests(rng, n_features, covariance_type):
+    """The passes whose kernels check the rows as they read them."""
+    from dask_gmm._requests import HardAssignment, LogLikelihood
+
+    params = random_params(rng, 3, n_features, center=5.0, covariance_type=covariance_type)
+    return {"e-step": EStep(params), "log-likelihood": LogLikelihood(params),
+            "k-means step": HardAssignment(params.means, covariance_type)}
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_features", [3, _wide.WIDE_FEATURES])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernels_report_the_sum_of_squares_the_row_check_needs(covariance_type, n_features,
+                                                               dtype):
+    """Each kernel reports the sum of the squares of the rows it read (the row
+    check's figure, so the check needs no read of its own)."""
+    rng = np.random.default_rng(n_features)
+    X = (rng.normal(size=(777, n_features)) * 3 + 5.0).astype(dtype)
+    expected = float(np.sum(X.astype(np.float64) ** 2))
+    for name, request in kernel_requests(rng, n_features, covariance_type).items():
+        stats = request.empty(n_features, chunk_shift(X))
+        block = RowBlock(X, stats.shift, None, 0)
+        request.accumulate(block, stats, request.start_chunk(0))
+        assert block.squares == pytest.approx(expected, rel=1e-9), name
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_features", [3, _wide.WIDE_FEATURES])
+@pytest.mark.parametrize("value, message", [
+    (np.nan, r"Input X contains NaN in chunk 4: rows \[11234\]"),
+    (np.inf, r"Input X contains infinity in chunk 4: rows \[11234\]"),
+    (3e150, r"values up to 3e\+150 in chunk 4 \(rows \[11234\]\): .*overflow")])
+def test_rows_checked_by_the_kernels_get_the_clear_error(covariance_type, n_features, value,
+                                                         message):
+    """A bad value reaches the kernels before the check now; they must not fail
+    (no division by zero, no warning) and the check's message names the row."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1500, n_features)) * 3 + 5.0
+    X[1234, 1] = value
+    for request in kernel_requests(rng, n_features, covariance_type).values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=message):
+                chunk_pass(X, [request], row_start=10_000, chunk_index=4)
+
+
+def test_a_pass_of_kernels_takes_each_chunk_in_one_block(monkeypatch):
+    """Few blocks per chunk: few hand-overs of the GIL between a chunk task's
+    Python and its kernels. Smaller blocks give the same sums."""
+    from dask_gmm import _estep
+
+    rng = np.random.default_rng(2)
+    params = random_params(rng, 4, 5, covariance_type="diag")
+    X = rng.normal(size=(40_000, 5)) * 3
+    calls = []
+    e_step = _fused_linear.e_step
+    monkeypatch.setattr(_fused_linear, "e_step",
+                        lambda block, *a, **k: calls.append(block.n) or e_step(block, *a, **k))
+    whole = chunk_pass(X, [EStep(params)])[0]
+    assert calls == [40_000]
+    monkeypatch.setattr(_estep, "KERNEL_BLOCK_BYTES", 8 * 5 * 3000)
+    calls.clear()
+    parts = chunk_pass(X, [EStep(params)])[0]
+    assert calls == [3000] * 13 + [1000]
+    assert_sums_equal(parts, whole)
