@@ -16,7 +16,9 @@ from ._estep import (
     RowBlock,
     RowPlace,
     block_rows,
+    check_rows,
     chunk_shift,
+    kernel_block_rows,
     params_row_width,
     row_blocks,
     screen_rows,
@@ -107,13 +109,23 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
         out["proba"] = allocate((n, len(params.weights)), np.nan, dtype)
     if "score_samples" in names:
         out["score_samples"] = allocate(n, np.nan, dtype)
-    for start, rows, _ in row_blocks(X, None, block_rows(n_features)):
-        complete, _, kept = screen_rows(rows, None, nan_policy != "raise", start, place)
+    # Under 'raise' the kernel checks the rows as it reads them (their sum of
+    # squares; see chunk_pass), so a block can be large: few hand-overs of the GIL.
+    kernel_checks = nan_policy == "raise"
+    rows_per_block = kernel_block_rows(n_features) if kernel_checks else block_rows(n_features)
+    for start, rows, _ in row_blocks(X, None, rows_per_block):
+        if kernel_checks:
+            complete, kept = rows, None
+        else:
+            complete, _, kept = screen_rows(rows, None, True, start, place)
         if kept is None:  # every row complete: the kernel writes in place
             at = slice(start, start + len(rows))
+            squares = np.zeros(1)
             _fused_linear.predict(complete, params, shift, *(
                 out[name][at] if name in out else None
-                for name in ("labels", "proba", "score_samples")))
+                for name in ("labels", "proba", "score_samples")), row_squares=squares)
+            if kernel_checks:
+                check_rows(rows, start, place=place, squares=squares[0])
         elif len(complete):
             found = {name: np.empty((len(complete),) + value.shape[1:], value.dtype)
                      for name, value in out.items()}

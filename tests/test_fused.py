@@ -388,3 +388,24 @@ def test_a_pass_of_kernels_takes_each_chunk_in_one_block(monkeypatch):
     parts = chunk_pass(X, [EStep(params)])[0]
     assert calls == [3000] * 13 + [1000]
     assert_sums_equal(parts, whole)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("value, message", [
+    (np.nan, r"Input X contains NaN in chunk 4: rows \[11234\]"),
+    (3e150, r"values up to 3e\+150 in chunk 4 \(rows \[11234\]\): .*overflow")])
+def test_prediction_kernel_checks_the_rows_it_reads(covariance_type, value, message):
+    import warnings
+
+    from dask_gmm._estep import RowPlace
+    from dask_gmm._predict import row_outputs
+
+    rng = np.random.default_rng(3)
+    params = random_params(rng, 3, 4, covariance_type=covariance_type)
+    X = rng.normal(size=(1500, 4))
+    X[1234, 2] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=message):
+            row_outputs(X, params, ("labels", "proba", "score_samples"), np.float64,
+                        place=RowPlace((10_000,), chunk_index=4))
