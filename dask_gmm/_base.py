@@ -34,6 +34,7 @@ from ._mstep import Params
 from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
 from ._predict import predict_block, predict_proba_block, score_samples_block
 from ._requests import TakeRows
+from ._stats import translate_stats
 from ._validation import (
     InvalidParameterError,
     check_int,
@@ -325,9 +326,20 @@ class BaseMixture(DensityMixin, BaseEstimator):
         InitResult
         """
         state = start._replace(lower_bounds=list(start.lower_bounds), converged=False)
+        # Tied covariances: the rows' own sum w y y^T is the same in every pass (no
+        # parameter enters it), so the first pass's is kept and the later passes
+        # skip it. Not with missing values marginalised: those are filled in anew.
+        keeps_moments = self.covariance_type == "tied" and not data.marginalize
+        first_stats = None
         for n_iter in range(start.n_iter + 1, self.max_iter + 1):
             began = perf_counter()
-            stats = yield self._e_step_request(state.params)
+            stats = yield self._e_step_request(state.params,
+                                               tied_moments=first_stats is None)
+            if keeps_moments:
+                if first_stats is None:
+                    first_stats = stats
+                else:
+                    stats.s2 = translate_stats(first_stats, stats.shift).s2
             if data.omit_nan:
                 check_kept_rows(stats.rows, self.n_components, data.shape[0])
             if checkpointer is not None:

@@ -140,7 +140,7 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
         DIAG and SPHERICAL: adds ``sum w r_k F`` (``[s1, s2]``); TIED: shape
         (K, D), adds ``sum w r_k y`` (``s1``).
     moments : ndarray of shape (D, D) or (0, 0)
-        TIED: adds ``sum w y y^T``.
+        TIED: adds ``sum w y y^T``; (0, 0) skips it.
     row_squares : ndarray of shape (1,)
         Adds the sum of the squares of the rows' values (``_fused.load_tile``).
 
@@ -172,17 +172,18 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
         _log_densities(kind, y_t, whiten, no_first, coef, const, cap, no_first, z_t, f_t, resp,
                        shifted, m)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
-        if kind == TIED:
-            np.dot(resp, y_t.T, sums_tile)
-            for i in range(n_features):
-                for r in range(m):
-                    yw_t[i, r] = y_t[i, r] * w[start + r] if weighted else y_t[i, r]
-                for r in range(m, n_tile):
-                    yw_t[i, r] = 0.0
-            np.dot(yw_t, y_t.T, moments_tile)
-            moments += moments_tile
-        else:
+        if kind != TIED:
             np.dot(resp, f_t.T, sums_tile)
+        else:
+            np.dot(resp, y_t.T, sums_tile)
+            if moments.shape[0] > 0:
+                for i in range(n_features):
+                    for r in range(m):
+                        yw_t[i, r] = y_t[i, r] * w[start + r] if weighted else y_t[i, r]
+                    for r in range(m, n_tile):
+                        yw_t[i, r] = 0.0
+                np.dot(yw_t, y_t.T, moments_tile)
+                moments += moments_tile
         sums += sums_tile
     row_squares[0] += squares
     return log_likelihood
@@ -377,7 +378,7 @@ def _weights(w):
     return np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
 
 
-def e_step(block, params, stats, cache=None, parts=None):
+def e_step(block, params, stats, cache=None, parts=None, tied_moments=True):
     """One row block's E-step and M-step sums into ``stats`` (any covariance type).
 
     Parameters
@@ -390,6 +391,8 @@ def e_step(block, params, stats, cache=None, parts=None):
         Keeps :func:`kernel_inputs` for the next block of the same chunk.
     parts : KernelParts, optional
         ``kernel_parts(params)``, kept by the request for all its chunks.
+    tied_moments : bool
+        False: tied covariances leave ``stats.s2`` as it is (the caller knows it).
 
     Returns
     -------
@@ -418,8 +421,9 @@ def e_step(block, params, stats, cache=None, parts=None):
                                             tile_rows(n_components, n_features),
                                             stats.nk, stats.s1, stats.s2, squares)
     elif kind == TIED:
+        moments = stats.s2 if tied_moments else np.zeros((0, 0))
         log_likelihood = linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap,
-                                       LINEAR_TILE_ROWS, stats.nk, stats.s1, stats.s2, squares)
+                                       LINEAR_TILE_ROWS, stats.nk, stats.s1, moments, squares)
     else:
         sums = np.zeros(coef.shape)
         log_likelihood = linear_e_step(rows, stats.shift, w, kind, whiten, coef, const, cap,

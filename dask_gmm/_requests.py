@@ -154,12 +154,18 @@ class TakeRows:
 
 
 class EStep(PassRequest):
-    """E-step plus the partial M-step sums under ``params`` (one EM iteration)."""
+    """E-step plus the partial M-step sums under ``params`` (one EM iteration).
+
+    ``tied_moments=False``: tied covariances leave ``s2`` (the rows' own
+    ``sum w y y^T``, which no parameter changes) at zero, for a fit that kept
+    it from an earlier pass over the same rows (see ``_base``'s EM loop).
+    """
 
     checks_rows = True
 
-    def __init__(self, params):
+    def __init__(self, params, tied_moments=True):
         self.params = params
+        self.tied_moments = tied_moments
         self._parts = None  # the kernels' inputs that do not depend on a chunk
 
     def row_width(self):
@@ -181,7 +187,8 @@ class EStep(PassRequest):
 
         if self._parts is None:
             self._parts = _fused_linear.kernel_parts(self.params)
-        return _fused_linear.e_step(block, self.params, stats, context, self._parts)
+        return _fused_linear.e_step(block, self.params, stats, context, self._parts,
+                                    self.tied_moments)
 
     def accumulate_incomplete(self, incomplete, stats):
         """Observed-data densities and expected complete-data sums (see ``_missing``)."""

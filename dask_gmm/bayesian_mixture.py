@@ -273,8 +273,8 @@ class BayesianGaussianMixture(BaseMixture):
                                   self._fit_priors, self.covariance_type,
                                   self.weight_concentration_prior_type, float32_input)
 
-    def _e_step_request(self, params):
-        return EStep(params)
+    def _e_step_request(self, params, tied_moments=True):
+        return EStep(params, tied_moments)
 
     def _m_step(self, stats, eps, float32_input, previous=None):
         """The new posterior and the lower bound (with the new parameters, as scikit-learn)."""

@@ -216,9 +216,9 @@ class GaussianMixture(BaseMixture):
             params.covariances = None
         return params
 
-    def _e_step_request(self, params):
-        """The pass request of one EM iteration under ``params``."""
-        return EStep(params)
+    def _e_step_request(self, params, tied_moments=True):
+        """The pass request of one EM iteration under ``params`` (see ``EStep``)."""
+        return EStep(params, tied_moments)
 
     def _m_step(self, stats, eps, float32_input, previous=None):
         """New parameters and the mean log-likelihood from a pass's statistics."""

@@ -1,17 +1,21 @@
 """The engine on its own: rounds, one compute per round, isolation, and the initialisations."""
 
+import warnings
+
 import dask
+import dask.array as da
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
-from dask_gmm import GaussianMixture
+from dask_gmm import BayesianGaussianMixture, GaussianMixture
 from dask_gmm._engine import ChunkedRows, run_together
 from dask_gmm._init import draw_rows, initial_params
 from dask_gmm._mstep import m_step
 from dask_gmm._requests import EStep, HardAssignment, PassRequest, TakeRows
 
-from .helpers import as_dask, blobs, count_computes
+from .helpers import as_dask, blobs, count_computes, ragged_chunks
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +157,55 @@ def test_hard_assignment_step_matches_a_direct_computation(data):
     means = stats.shift + stats.s1 / stats.nk[:, None]
     expected = np.array([X[labels == k].mean(axis=0) for k in range(3)])
     np.testing.assert_allclose(means, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("estimator, nan_policy", [
+    (GaussianMixture, "raise"), (GaussianMixture, "omit"), (BayesianGaussianMixture, "raise")])
+def test_tied_fits_keep_the_rows_moments_from_their_first_pass(monkeypatch, estimator,
+                                                               nan_policy):
+    """A tied covariance's sum of w y y^T is the rows' own: the first EM pass takes it,
+    the later ones skip it (spied on), and the fit is the one that takes it every
+    pass (forced by a stand-in request)."""
+    from dask_gmm import _fused_linear, _requests
+
+    X, _ = blobs(3000, centers=3, seed=5)
+    if nan_policy == "omit":
+        X[::37, 1] = np.nan
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
+    dX = da.from_array(X, chunks=(ragged_chunks(len(X), 6), 3))
+    make = dict(n_components=3, covariance_type="tied", max_iter=6, tol=0, random_state=0,
+                nan_policy=nan_policy)
+    skipped = []
+    kernel = _fused_linear.linear_e_step
+    monkeypatch.setattr(_fused_linear, "linear_e_step", lambda *a: skipped.append(
+        a[11].shape == (0, 0)) or kernel(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        kept = estimator(**make).fit(dX, sample_weight=weights)
+        assert any(skipped) and not all(skipped)
+        taken_each_pass = _requests.EStep.__init__
+        monkeypatch.setattr(_requests.EStep, "__init__",
+                            lambda self, params, tied_moments=True: taken_each_pass(self, params))
+        skipped.clear()
+        every = estimator(**make).fit(dX, sample_weight=weights)
+        assert not any(skipped)
+    np.testing.assert_allclose(kept.means_, every.means_, rtol=1e-12)
+    np.testing.assert_allclose(kept.covariances_, every.covariances_, rtol=1e-11)
+    np.testing.assert_allclose(kept.lower_bounds_, every.lower_bounds_, rtol=1e-12)
+
+
+def test_marginalised_tied_fits_take_the_moments_every_pass(monkeypatch):
+    """Missing values are filled in anew each pass: their second moments change."""
+    from dask_gmm import _requests
+
+    X, _ = blobs(600, centers=2, seed=6)
+    X[::5, 0] = np.nan
+    asked = []
+    init = _requests.EStep.__init__
+    monkeypatch.setattr(_requests.EStep, "__init__", lambda self, params, tied_moments=True: (
+        asked.append(tied_moments), init(self, params, tied_moments))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        GaussianMixture(2, covariance_type="tied", max_iter=4, tol=0, random_state=0,
+                        nan_policy="marginalize").fit(X)
+    assert asked == [True] * 4
