@@ -406,6 +406,10 @@ def write_outputs(model, X, out, names, data, dataset, overwrite, settings, clie
         raise ValueError(f"The model was fitted with feature dim "
                          f"{getattr(model, 'feature_dim_', None)!r}, not {feature_dim!r}.")
     xarray_input = type(X).__name__ in ("DataArray", "Dataset")
+    if not xarray_input:
+        from ._validation import check_X
+
+        check_X(model, X, reset=False)  # e.g. the wrong width: an error before the bar
     with progress_bar(settings.progress, "predict", "row", total=n_samples,
                       unit_scale=True) as bar:
         write_predictions(model, X, out, names,

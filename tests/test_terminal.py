@@ -156,3 +156,18 @@ def test_no_dashboard_no_port_warning_and_dashboard_link_when_asked(tmp_path):
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     assert "dashboard: http://127.0.0.1:" in result.stderr
+
+
+def test_predict_with_a_model_of_another_width_fails_before_its_progress_bar(tmp_path):
+    data = tmp_path / "narrow.zarr"
+    zarr.save_array(str(data), np.random.default_rng(0).normal(size=(3000, 2)))
+    wide = np.random.default_rng(1).normal(size=(3000, 4))
+    from dask_gmm import GaussianMixture
+
+    GaussianMixture(2, random_state=0).fit(wide).save(tmp_path / "m.npz")
+    code, screen = in_terminal("predict", data, "--model", tmp_path / "m.npz", "--out",
+                               tmp_path / "labels.zarr")
+    assert code == 1, screen
+    assert "X has 2 features, but GaussianMixture is expecting 4 features" in screen
+    assert not bar_lines(screen, "predict") and "Traceback" not in screen
+    assert not (tmp_path / "labels.zarr").exists()
