@@ -161,6 +161,30 @@ def test_kmeans_on_a_sample_keeps_the_best_of_several_seedings(monkeypatch):
     assert (lower_bounds() < several.max() - 0.1).any()  # the data do catch one seeding
 
 
+def test_larger_data_seed_from_a_sample_sized_by_the_components(monkeypatch):
+    """At least SEEDING_ROWS rows and SEEDING_ROWS_PER_COMPONENT per component, never
+    more than KMEANS_SAMPLE_ROWS; data no larger than that are seeded from whole."""
+    from dask_gmm import _init, _requests
+
+    assert _init.seeding_rows(8) == 20_000
+    assert _init.seeding_rows(12) == 30_000
+    assert _init.seeding_rows(400) == _init.KMEANS_SAMPLE_ROWS
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 1000)
+    monkeypatch.setattr(_init, "SEEDING_ROWS", 400)
+    monkeypatch.setattr(_init, "SEEDING_ROWS_PER_COMPONENT", 150)
+    drawn = []
+    take = _requests.TakeRows.__init__
+    monkeypatch.setattr(_requests.TakeRows, "__init__",
+                        lambda self, indices: (drawn.append(len(indices)), take(self, indices))[1])
+    X, truth = blobs(3000, centers=3, seed=4)
+    gm = GaussianMixture(3, random_state=0).fit(as_dask(X, 500))
+    assert drawn == [450]
+    assert adjusted_rand_score(truth, gm.predict(X)) > 0.95
+    drawn.clear()
+    GaussianMixture(3, random_state=0).fit(as_dask(X[:1000], 500))
+    assert drawn == [1000]
+
+
 def test_sample_indices_are_distinct_sorted_and_uniform():
     from dask_gmm._init import sample_indices
 
