@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._estep import sum_of_squares
+
 # Full covariances from this many features on take the wide path: products over
 # sub-blocks of many rows (see :func:`wide_full_log_prob`).
 WIDE_FEATURES = 96
@@ -89,15 +91,6 @@ def add_gram(Y, r, gram):
     gram[half:, half:] += np.matmul(Y[:, half:].T, A[:, half:])
 
 
-def _sum_of_squares(X):
-    """The sum of the squares of the rows' values (what the tile kernels report)."""
-    flat = X.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if flat.dtype == np.float64:
-            return float(np.dot(flat, flat))
-        return float(np.einsum("i,i->", flat, flat, dtype=np.float64))  # no float32 sum
-
-
 def _wide_blocks(n, n_components, n_features):
     step = max(8, WIDE_FLOATS // (n_components * n_features))
     return ((start, min(start + step, n)) for start in range(0, n, step))
@@ -121,7 +114,7 @@ def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2,
 
     n, n_features = X.shape
     n_components = len(log_const)
-    row_squares[0] += _sum_of_squares(X)
+    row_squares[0] += sum_of_squares(X)
     Y = np.subtract(X, shift, dtype=np.float64)
     resp = np.empty((n_components, n))
     for start, stop in _wide_blocks(n, n_components, n_features):
@@ -146,7 +139,7 @@ def wide_full_predict(X, shift, first, second, offsets, log_const, labels, proba
     """``_fused_linear.predict_rows`` for full covariances and wide rows (same arguments)."""
     n, n_features = X.shape
     n_components = len(log_const)
-    row_squares[0] += _sum_of_squares(X)
+    row_squares[0] += sum_of_squares(X)
     for start, stop in _wide_blocks(n, n_components, n_features):
         Y = np.subtract(X[start:stop], shift, dtype=np.float64)
         log_prob = wide_full_log_prob(Y, first, second, offsets, log_const)
