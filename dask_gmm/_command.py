@@ -23,24 +23,13 @@ import click
 
 from ._engine import worker_settings
 from ._options import INIT_PARAMS, NAN_POLICIES
+from ._signals import Interrupted, interruptions_at_safe_points
 
 logger = logging.getLogger("dask_gmm.cli")
 
 LOCAL_SCHEDULERS = ("threads", "sync")
 DISTRIBUTED_LOGGERS = ("distributed", "tornado", "asyncio")
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class Interrupted(BaseException):
-    """SIGTERM (what SLURM and Kubernetes send), raised in the main thread."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
 
 
 class Settings:
@@ -161,9 +150,9 @@ def command_options(scheduler=True, progress=True, verbose=True):
 def run_command(command, settings, kwargs):
     """Run a subcommand: one line on stderr and exit 1 on error, 130/143 on a signal."""
     _configure_logging(settings.verbose)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        return command(settings, **kwargs)
+        with interruptions_at_safe_points():
+            return command(settings, **kwargs)
     except click.exceptions.ClickException:
         raise
     except (KeyboardInterrupt, Interrupted) as interruption:
@@ -178,8 +167,6 @@ def run_command(command, settings, kwargs):
             traceback.print_exc()
         click.echo(f"Error: {one_line(error)}", err=True)
         sys.exit(1)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_scheduler(ctx, param, value):

@@ -188,6 +188,73 @@ def test_sigterm_during_predict_stops_and_leaves_nothing(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr", "m.npz"]
 
 
+# A signal between two of concurrent.futures' condition acquires: before the
+# signals were deferred to safe points, the held conditions deadlocked the drain
+# of running chunk tasks (seen once in CI: predict never exited after SIGTERM).
+SIGNAL_IN_LIBRARY_LOCKS = """
+import concurrent.futures._base as futures_base, os, signal, sys, time
+import dask
+from dask_gmm._command import Settings, run_command
+from dask_gmm.outputs import run_chunk_tasks
+
+calls = []
+
+def enter(self):
+    for future in self.futures:
+        future._condition.acquire()
+    calls.append(self)
+    if len(calls) == 2:  # every condition of this wait held; the first tasks running
+        os.kill(os.getpid(), int(sys.argv[1]))
+        time.sleep(0.01)
+
+futures_base._AcquireFutures.__enter__ = enter
+
+def command(settings):
+    run_chunk_tasks([dask.delayed(time.sleep)(0.2) for _ in range(20)], lambda i, r: None)
+
+run_command(command, Settings(), {})
+"""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_inside_library_lock_bookkeeping_still_exits(signum, code):
+    result = subprocess.run([sys.executable, "-c", SIGNAL_IN_LIBRARY_LOCKS, str(int(signum))],
+                            capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert result.returncode == code, result.stderr
+    assert result.stderr.strip() == (f"Error: interrupted by {signum.name}; nothing was "
+                                     "left half-written.")
+
+
+def test_signals_raise_only_where_it_is_safe():
+    import threading
+
+    from dask_gmm._signals import safe_to_raise
+
+    library = {"__name__": "concurrent.futures._base"}
+    exec("import sys\ndef where():\n    return sys._getframe()", library)
+    assert not safe_to_raise(library["where"]())
+    assert safe_to_raise(sys._getframe()) is False  # a test module is not ours either
+    event = threading.Event()
+    waiter = threading.Thread(target=event.wait, args=(10,))
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sys._current_frames()[waiter.ident].f_code.co_name != "wait" \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frame = sys._current_frames()[waiter.ident]  # blocked in Condition.wait
+        assert frame.f_globals["__name__"] == "threading" and safe_to_raise(frame)
+    finally:
+        event.set()
+        waiter.join()
+    assert safe_to_raise(None)
+    from dask_gmm import outputs
+    ours = {"__name__": outputs.__name__}
+    exec("import sys\ndef where():\n    return sys._getframe()", ours)
+    assert safe_to_raise(ours["where"]())
+
+
 # ------------------------------------------------------------ what we read
 
 
