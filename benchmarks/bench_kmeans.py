@@ -35,7 +35,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from dask_gmm import GaussianMixture
-from dask_gmm._engine import one_blas_thread
+from dask_gmm._compute import one_blas_thread
 from dask_gmm.outputs import OUTPUTS, predict_chunk
 
 from ._common import IterationTimes, machine_summary, write_section

@@ -36,7 +36,8 @@ from distributed import Client, LocalCluster
 from sklearn.exceptions import ConvergenceWarning
 
 from dask_gmm import GaussianMixture, worker_settings
-from dask_gmm._engine import ChunkedRows, compute, split_every
+from dask_gmm._compute import compute
+from dask_gmm._engine import ChunkedRows, split_every
 from dask_gmm._memory import rows_for_fit
 from dask_gmm._requests import EStep, chunk_pass
 

@@ -24,8 +24,8 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
-from threadpoolctl import ThreadpoolController
 
+from ._compute import active_client, compute_delayed, one_blas_thread
 from ._estep import RowPlace
 from ._requests import TakeRows, chunk_pass
 from ._stats import combine_stat_lists
@@ -93,18 +93,6 @@ def check_chunks_fit_workers(X, client):
             f"at {usable / mib:.0f} MiB). Raise the limit (--memory-limit) or read "
             f"smaller chunks (--chunk-rows, or open_array(..., chunks=ROWS))."
         )
-
-
-def active_client():
-    """The ``distributed.Client`` dask would use, or None (never imports distributed)."""
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import get_client
-
-    try:
-        return get_client()
-    except ValueError:
-        return None
 
 
 def split_every():
@@ -442,37 +430,10 @@ def in_memory_rows(X, rows):
     return da.Array(graph, name, chunks, meta=X[:0])
 
 
-_CONTROLLER = []
-
-
-def one_blas_thread():
-    """A context in which BLAS runs one thread (threadpoolctl's ``limit``).
-
-    The controller is made once per process: ``threadpool_limits`` scans every
-    loaded library on each call, which cost 3 ms a round once numba was loaded.
-    """
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    return _CONTROLLER[0].limit(limits=1, user_api="blas")
-
-
-def compute(*collections):
-    """``dask.compute`` with BLAS held to one thread meanwhile.
-
-    The chunk tasks already run in parallel on dask's threads, so two levels
-    of threads on the same cores would fight (measured: 0.78 s against 0.41 s
-    per full-covariance iteration at N=1e6, D=16, K=8 on 2 cores). On a
-    distributed cluster the work runs in the workers, whose BLAS dask already
-    limits, and the limit here is harmless.
-    """
-    with one_blas_thread():
-        return dask.compute(*collections)
-
-
 def compute_round(data, requests):
-    """Compute every request of one round in one ``dask.compute``; results in order."""
+    """Compute every request of one round in one graph; results in order."""
     graph, passes = data.build_round(requests)
-    (values,) = compute(graph)
+    values = dict(zip(graph, compute_delayed(list(graph.values()))))
     results = [None] * len(requests)
     for i, stats in zip(passes, values.get("passes", [])):
         results[i] = stats

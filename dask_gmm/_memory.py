@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from ._engine import HeldBlocks, active_client, flat_keys, one_blas_thread
+from ._compute import one_blas_thread
+from ._engine import HeldBlocks, active_client, flat_keys
 
 logger = logging.getLogger("dask_gmm")
 

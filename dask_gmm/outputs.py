@@ -25,7 +25,8 @@ import dask
 import numpy as np
 
 from . import paths
-from ._engine import join_features, one_blas_thread
+from ._compute import one_blas_thread
+from ._engine import join_features
 from ._estep import RowPlace
 from ._predict import row_outputs
 from ._xarray import xarray_kind

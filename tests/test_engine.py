@@ -209,3 +209,46 @@ def test_marginalised_tied_fits_take_the_moments_every_pass(monkeypatch):
         GaussianMixture(2, covariance_type="tied", max_iter=4, tol=0, random_state=0,
                         nan_policy="marginalize").fit(X)
     assert asked == [True] * 4
+
+
+def spy_on_dask_compute(monkeypatch):
+    calls = []
+    real = dask.compute
+
+    def spy(*args, **kwargs):
+        calls.append(len(args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dask, "compute", spy)
+    return calls
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_passes_over_blocks_in_memory_go_straight_to_dask_threads(monkeypatch,
+                                                                   covariance_type):
+    X, _ = blobs(3000)
+    ragged = as_dask(X, 700)
+    fits = {}
+    for scheduler in ("threads", "sync"):
+        calls = spy_on_dask_compute(monkeypatch)
+        with dask.config.set(scheduler=scheduler), count_computes() as rounds:
+            fits[scheduler] = GaussianMixture(3, covariance_type=covariance_type, tol=0,
+                                              max_iter=5, random_state=0).fit(ragged)
+        # every round still reaches dask's scheduler (and its diagnostics callbacks)
+        assert len(rounds) == fits[scheduler].n_passes_
+        assert (calls == []) == (scheduler == "threads"), calls
+    np.testing.assert_allclose(fits["threads"].means_, fits["sync"].means_, rtol=1e-13)
+    np.testing.assert_allclose(fits["threads"].covariances_, fits["sync"].covariances_,
+                               rtol=1e-13)
+    assert fits["threads"].lower_bound_ == pytest.approx(fits["sync"].lower_bound_,
+                                                         rel=1e-13)
+
+
+def test_blocks_still_to_compute_go_through_dask_compute(monkeypatch):
+    X, _ = blobs(3000)
+    lazy = as_dask(X, 700) * 1.0  # a blockwise layer: dask.compute optimises it
+    calls = spy_on_dask_compute(monkeypatch)
+    with dask.config.set({"dask_gmm.persist": False}):
+        model = GaussianMixture(3, covariance_type="diag", max_iter=2, random_state=0)
+        model.fit(lazy)
+    assert len(calls) == model.n_passes_ and not model.persisted_
