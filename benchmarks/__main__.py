@@ -10,8 +10,8 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["em_iteration", "kmeans", "bayesian", "missing", "sweep", "out_of_core", "cube",
-              "cluster", "cloud", "scale", "spark"]
+BENCHMARKS = ["em_iteration", "small", "kmeans", "bayesian", "missing", "sweep", "out_of_core",
+              "cube", "cluster", "cloud", "scale", "spark"]
 
 
 def main():
