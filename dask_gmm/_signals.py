@@ -20,7 +20,8 @@ import threading
 RETRY_SECONDS = 0.01
 # Functions of the threading module that block on a lock and are written to be
 # left by an exception (Condition.wait restores its lock in a finally clause).
-INTERRUPTIBLE_WAITS = frozenset({"wait", "_wait_for_tstate_lock"})
+# Not Thread.join: an exception there marks a thread stopped that still runs.
+INTERRUPTIBLE_WAITS = frozenset({"wait"})
 
 
 class Interrupted(BaseException):
