@@ -20,6 +20,7 @@ from threadpoolctl import ThreadpoolController
 
 THREADED_SCHEDULERS = (None, "threads", "threading")
 
+
 def active_client():
     """The ``distributed.Client`` dask would use, or None (never imports distributed)."""
     if "distributed" not in sys.modules:
