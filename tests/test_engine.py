@@ -252,3 +252,59 @@ def test_blocks_still_to_compute_go_through_dask_compute(monkeypatch):
         model = GaussianMixture(3, covariance_type="diag", max_iter=2, random_state=0)
         model.fit(lazy)
     assert len(calls) == model.n_passes_ and not model.persisted_
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_first_lloyd_pass_skips_second_moments_only_for_data_in_memory(monkeypatch,
+                                                                       in_memory):
+    from dask_gmm import _init
+
+    asked = []
+
+    class Recorded(HardAssignment):
+        def __init__(self, centers, covariance_type, second_moments=True):
+            super().__init__(centers, covariance_type, second_moments)
+            asked.append(second_moments)
+
+    monkeypatch.setattr(_init, "HardAssignment", Recorded)
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 400)  # 1,500 rows: seeded from a sample
+    X, _ = blobs(1500)
+    fits = {}
+    for skip in (True, False):
+        asked.clear()
+        rows = ChunkedRows(as_dask(X, 300))
+        rows.in_memory = in_memory and skip
+        steps = initial_params(rows, "kmeans", 4, "full", 1e-6, np.finfo(float).eps, False,
+                               np.random.RandomState(0))
+        (fits[skip],) = run_together(rows, [steps], isolate=())
+        if rows.in_memory:
+            assert asked[0] is False and all(asked[1:]) and len(asked) >= 2
+        else:
+            assert all(asked)
+    # the same Lloyd passes, and the same estimate from the last one
+    np.testing.assert_allclose(fits[True].means, fits[False].means, rtol=1e-12)
+    np.testing.assert_allclose(fits[True].covariances, fits[False].covariances, rtol=1e-12)
+
+
+def test_settled_first_lloyd_pass_without_moments_takes_one_more(monkeypatch):
+    from dask_gmm import _init
+
+    asked = []
+
+    class Recorded(HardAssignment):
+        def __init__(self, centers, covariance_type, second_moments=True):
+            super().__init__(centers, covariance_type, second_moments)
+            asked.append(second_moments)
+
+    monkeypatch.setattr(_init, "HardAssignment", Recorded)
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 400)
+    monkeypatch.setattr(_init, "KMEANS_TOL", 1e9)  # every pass counts as settled
+    X, _ = blobs(1500)
+    for in_memory, expected in ((True, [False, True]), (False, [True])):
+        asked.clear()
+        rows = ChunkedRows(as_dask(X, 300))
+        rows.in_memory = in_memory
+        steps = initial_params(rows, "kmeans", 4, "tied", 1e-6, np.finfo(float).eps, False,
+                               np.random.RandomState(0))
+        (params,) = run_together(rows, [steps], isolate=())
+        assert asked == expected and np.all(np.isfinite(params.covariances))
