@@ -254,9 +254,11 @@ def test_blocks_still_to_compute_go_through_dask_compute(monkeypatch):
     assert len(calls) == model.n_passes_ and not model.persisted_
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_first_lloyd_pass_skips_second_moments_only_for_data_in_memory(monkeypatch,
-                                                                       in_memory):
+def record_lloyd_passes(monkeypatch):
+    """The ``second_moments`` of every Lloyd pass the k-means start asks for, in order.
+
+    Data over 400 rows are seeded from a sample, so that Lloyd passes run.
+    """
     from dask_gmm import _init
 
     asked = []
@@ -267,7 +269,14 @@ def test_first_lloyd_pass_skips_second_moments_only_for_data_in_memory(monkeypat
             asked.append(second_moments)
 
     monkeypatch.setattr(_init, "HardAssignment", Recorded)
-    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 400)  # 1,500 rows: seeded from a sample
+    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 400)
+    return asked
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_first_lloyd_pass_skips_second_moments_only_for_data_in_memory(monkeypatch,
+                                                                       in_memory):
+    asked = record_lloyd_passes(monkeypatch)
     X, _ = blobs(1500)
     fits = {}
     for skip in (True, False):
@@ -289,15 +298,7 @@ def test_first_lloyd_pass_skips_second_moments_only_for_data_in_memory(monkeypat
 def test_settled_first_lloyd_pass_without_moments_takes_one_more(monkeypatch):
     from dask_gmm import _init
 
-    asked = []
-
-    class Recorded(HardAssignment):
-        def __init__(self, centers, covariance_type, second_moments=True):
-            super().__init__(centers, covariance_type, second_moments)
-            asked.append(second_moments)
-
-    monkeypatch.setattr(_init, "HardAssignment", Recorded)
-    monkeypatch.setattr(_init, "KMEANS_SAMPLE_ROWS", 400)
+    asked = record_lloyd_passes(monkeypatch)
     monkeypatch.setattr(_init, "KMEANS_TOL", 1e9)  # every pass counts as settled
     X, _ = blobs(1500)
     for in_memory, expected in ((True, [False, True]), (False, [True])):
