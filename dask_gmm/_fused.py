@@ -77,40 +77,41 @@ def tile_rows(n_components, n_features):
 
 
 # No reassociation here: it would undo the two-part ln 2 of the range reduction.
+# LLVM inlines this into the callers' loops, keeping these flags, and vectorises them.
 @compiled(fastmath={"nsz", "contract"})
-def _exp_nonpositive(x, out, scale, m):
-    """``out[:m] = exp(x[:m])`` for ``x <= 0``; exactly 0 below ``_EXP_FLOOR``.
+def _exp_scalar(x):
+    """``exp(x)`` for ``x <= 0``; exactly 0 below ``_EXP_FLOOR``.
 
-    ``scale`` is an int64 work buffer of ``m`` or more. Range reduction
-    ``x = k ln2 + f`` with ``|f| <= ln2 / 2``, a degree-12 Taylor polynomial for
-    ``exp(f)`` (truncation below 2e-16 relative), then ``k`` added to the
-    exponent bits: all of it vectorises, unlike a call to libm's ``exp``. The
-    exponent goes through ``scale`` rather than straight into ``out`` seen as
-    integers, since two views of one buffer in one loop stop the compiler from
-    vectorising it.
+    Range reduction ``x = k ln2 + f`` with ``|f| <= ln2 / 2``, a degree-12
+    Taylor polynomial for ``exp(f)`` (truncation below 2e-16 relative), times
+    ``2^k`` built from its exponent bits (exact: the result stays normal).
+    Unlike a call to libm's ``exp``, a loop of it vectorises.
     """
+    v = max(x, _EXP_FLOOR)
+    kf = np.floor(v * _LOG2E + 0.5)
+    f = v - kf * _LN2_HI - kf * _LN2_LO
+    p = 1.0 / 479001600.0
+    p = p * f + 1.0 / 39916800.0
+    p = p * f + 1.0 / 3628800.0
+    p = p * f + 1.0 / 362880.0
+    p = p * f + 1.0 / 40320.0
+    p = p * f + 1.0 / 5040.0
+    p = p * f + 1.0 / 720.0
+    p = p * f + 1.0 / 120.0
+    p = p * f + 1.0 / 24.0
+    p = p * f + 1.0 / 6.0
+    p = p * f + 0.5
+    p = p * f + 1.0
+    p = p * f + 1.0
+    power = np.int64((np.int64(kf) + 1023) << 52).view(np.float64)
+    return p * power if x >= _EXP_FLOOR else 0.0
+
+
+@compiled(fastmath={"nsz", "contract"})
+def _exp_nonpositive(x, out, m):
+    """``out[:m] = exp(x[:m])`` for ``x <= 0`` (see :func:`_exp_scalar`)."""
     for r in range(m):
-        v = max(x[r], _EXP_FLOOR)
-        kf = np.floor(v * _LOG2E + 0.5)
-        f = v - kf * _LN2_HI - kf * _LN2_LO
-        p = 1.0 / 479001600.0
-        p = p * f + 1.0 / 39916800.0
-        p = p * f + 1.0 / 3628800.0
-        p = p * f + 1.0 / 362880.0
-        p = p * f + 1.0 / 40320.0
-        p = p * f + 1.0 / 5040.0
-        p = p * f + 1.0 / 720.0
-        p = p * f + 1.0 / 120.0
-        p = p * f + 1.0 / 24.0
-        p = p * f + 1.0 / 6.0
-        p = p * f + 0.5
-        p = p * f + 1.0
-        p = p * f + 1.0
-        out[r] = p
-        scale[r] = np.int64(kf) << 52
-    bits = out.view(np.int64)
-    for r in range(m):
-        bits[r] = bits[r] + scale[r] if x[r] >= _EXP_FLOOR else 0
+        out[r] = _exp_scalar(x[r])
 
 
 _LN2 = 0.6931471805599453
@@ -118,37 +119,43 @@ _SQRT2 = 1.4142135623730951
 
 
 @compiled(fastmath={"nsz", "contract"})
-def _log_positive(x, out, m):
-    """``out[:m] = log(x[:m])`` for normal positive ``x`` (here sums of exponentials, >= 1).
+def _log_scalar(x):
+    """``log(x)`` for normal positive ``x`` below ``2^1023`` (here sums of exponentials, >= 1).
 
     ``x = 2^e a`` with ``a`` in ``[sqrt(1/2), sqrt(2))``, read from the bits;
     ``log a = 2 atanh(s)`` with ``s = (a - 1) / (a + 1)``, ``|s| <= 0.172``, as
-    an odd series to ``s^23`` (truncation below 1e-18). Vectorises, where
-    libm's ``log`` is a call per row.
+    an odd series to ``s^23`` (truncation below 1e-18). A loop of it
+    vectorises, where libm's ``log`` is a call per row. (``a`` is ``x`` times
+    ``2^-e`` built from bits, rather than ``x``'s mantissa bits themselves: the
+    compiler does not vectorise a float-to-int-to-float round trip of bits.)
     """
-    bits = x.view(np.int64)
+    e = (np.float64(x).view(np.int64) >> 52) - 1023
+    a = x * np.int64((1023 - e) << 52).view(np.float64)  # the mantissa, in [1, 2)
+    high = a > _SQRT2
+    a = a * 0.5 if high else a
+    e = e + 1 if high else e
+    s = (a - 1.0) / (a + 1.0)
+    s2 = s * s
+    q = 1.0 / 23.0
+    q = q * s2 + 1.0 / 21.0
+    q = q * s2 + 1.0 / 19.0
+    q = q * s2 + 1.0 / 17.0
+    q = q * s2 + 1.0 / 15.0
+    q = q * s2 + 1.0 / 13.0
+    q = q * s2 + 1.0 / 11.0
+    q = q * s2 + 1.0 / 9.0
+    q = q * s2 + 1.0 / 7.0
+    q = q * s2 + 1.0 / 5.0
+    q = q * s2 + 1.0 / 3.0
+    q = q * s2 + 1.0
+    return e * _LN2 + 2.0 * s * q
+
+
+@compiled(fastmath={"nsz", "contract"})
+def _log_positive(x, out, m):
+    """``out[:m] = log(x[:m])`` (see :func:`_log_scalar`)."""
     for r in range(m):
-        b = bits[r]
-        e = (b >> 52) - 1023
-        a = x[r] * 2.0 ** -e  # the mantissa, in [1, 2)
-        if a > _SQRT2:
-            a *= 0.5
-            e += 1
-        s = (a - 1.0) / (a + 1.0)
-        s2 = s * s
-        q = 1.0 / 23.0
-        q = q * s2 + 1.0 / 21.0
-        q = q * s2 + 1.0 / 19.0
-        q = q * s2 + 1.0 / 17.0
-        q = q * s2 + 1.0 / 15.0
-        q = q * s2 + 1.0 / 13.0
-        q = q * s2 + 1.0 / 11.0
-        q = q * s2 + 1.0 / 9.0
-        q = q * s2 + 1.0 / 7.0
-        q = q * s2 + 1.0 / 5.0
-        q = q * s2 + 1.0 / 3.0
-        q = q * s2 + 1.0
-        out[r] = e * _LN2 + 2.0 * s * q
+        out[r] = _log_scalar(x[r])
 
 
 @compiled(fastmath=_FASTMATH)
@@ -163,7 +170,7 @@ def log_positive(x):
 def exp_nonpositive(x):
     """The kernel's exponential on an array of values ``<= 0`` (for tests)."""
     out = np.empty(x.shape[0])
-    _exp_nonpositive(x, out, np.empty(x.shape[0], dtype=np.int64), x.shape[0])
+    _exp_nonpositive(x, out, x.shape[0])
     return out
 
 
@@ -270,7 +277,7 @@ def whitened_densities(z_first, z_second, half, k, offsets, log_const, resp, shi
 
 
 @compiled(fastmath=_FASTMATH)
-def exponentiate_tile(resp, top, total, shifted, expo, best):
+def exponentiate_tile(resp, top, total, best):
     """``resp[k, r] = exp(resp[k, r] - top[r])`` with ``top`` each row's largest; in place.
 
     Parameters
@@ -280,32 +287,33 @@ def exponentiate_tile(resp, top, total, shifted, expo, best):
     top, total : ndarray of shape (n_tile,)
         Receive each row's largest log density (0 where all are -inf) and the
         sum of the row's exponentials.
-    shifted, expo : ndarray of shape (n_tile,)
-        Work buffers.
-    best : ndarray of shape (n_tile,), int64
-        Receives the first component with the largest density.
+    best : ndarray of shape (n_tile,) or (0,), int64
+        Receives the first component with the largest density; empty to skip.
     """
     n_components, n_tile = resp.shape
-    scale = np.empty(n_tile, dtype=np.int64)
     for r in range(n_tile):
         top[r] = resp[0, r]
-        best[r] = 0
-    for k in range(1, n_components):
+    if best.shape[0] > 0:
         for r in range(n_tile):
-            if resp[k, r] > top[r]:
-                top[r] = resp[k, r]
-                best[r] = k
+            best[r] = 0
+        for k in range(1, n_components):
+            for r in range(n_tile):
+                if resp[k, r] > top[r]:
+                    top[r] = resp[k, r]
+                    best[r] = k
+    else:
+        for k in range(1, n_components):
+            for r in range(n_tile):
+                top[r] = max(top[r], resp[k, r])
     for r in range(n_tile):
         if not top[r] > -np.inf:
             top[r] = 0.0
         total[r] = 0.0
     for k in range(n_components):
         for r in range(n_tile):
-            shifted[r] = resp[k, r] - top[r]
-        _exp_nonpositive(shifted, expo, scale, n_tile)
-        for r in range(n_tile):
-            resp[k, r] = expo[r]
-            total[r] += expo[r]
+            value = _exp_scalar(resp[k, r] - top[r])
+            resp[k, r] = value
+            total[r] += value
 
 
 @compiled(fastmath=_FASTMATH)
@@ -321,7 +329,7 @@ def packed_products(y_t, quad_t):
 
 
 @compiled(fastmath=_FASTMATH)
-def normalise_tile(resp, m, w, start, top, total, shifted, expo, nk):
+def normalise_tile(resp, m, w, start, top, total, logs, nk):
     """Log densities of a tile into weighted responsibilities, in place.
 
     Parameters
@@ -335,7 +343,7 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo, nk):
         The block's sample weights (empty for none); row ``r`` of the tile is
         row ``start + r`` of the block.
     start : int
-    top, total, shifted, expo : ndarray of shape (n_tile,)
+    top, total, logs : ndarray of shape (n_tile,)
         Work buffers.
     nk : ndarray of shape (K,)
         Adds each component's ``sum w r`` over the tile.
@@ -347,12 +355,12 @@ def normalise_tile(resp, m, w, start, top, total, shifted, expo, nk):
     """
     n_tile = resp.shape[1]
     weighted = w.shape[0] > 0
-    exponentiate_tile(resp, top, total, shifted, expo, np.empty(n_tile, dtype=np.int64))
-    _log_positive(total, shifted, m)
+    exponentiate_tile(resp, top, total, np.empty(0, dtype=np.int64))
+    _log_positive(total, logs, m)
     log_likelihood = 0.0
     for r in range(m):
         weight = w[start + r] if weighted else 1.0
-        log_likelihood += weight * (top[r] + shifted[r])
+        log_likelihood += weight * (top[r] + logs[r])
         total[r] = weight / total[r]
     for r in range(m, n_tile):
         total[r] = 0.0
@@ -414,7 +422,6 @@ def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, 
     top = np.empty(n_tile)
     total = np.empty(n_tile)
     shifted = np.empty(n_tile)
-    expo = np.empty(n_tile)
     s1_tile = np.empty((n_components, n_features))
     s2_tile = np.empty((n_components, n_packed))
     log_likelihood = 0.0
@@ -425,7 +432,7 @@ def full_e_step(X, shift, w, first, second, offsets, log_const, n_tile, nk, s1, 
         whiten_tile(first, second, y_t, z_first, z_second)
         for k in range(n_components):
             whitened_densities(z_first, z_second, half, k, offsets, log_const, resp, shifted)
-        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
+        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, nk)
         packed_products(y_t, quad_t)
         np.dot(resp, y_t.T, s1_tile)
         s1 += s1_tile

@@ -34,6 +34,7 @@ from . import _wide
 from ._estep import log_det_cholesky
 from ._fused import (
     _FASTMATH,
+    _log_positive,
     compiled,
     exponentiate_tile,
     load_tile,
@@ -161,7 +162,6 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     top = np.empty(n_tile)
     total = np.empty(n_tile)
     shifted = np.empty(n_tile)
-    expo = np.empty(n_tile)
     sums_tile = np.empty(sums.shape)
     moments_tile = np.empty(moments.shape)
     log_likelihood = 0.0
@@ -171,7 +171,7 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
         squares += load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, no_first, coef, const, cap, no_first, z_t, f_t, resp,
                        shifted, m)
-        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, expo, nk)
+        log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, nk)
         if kind != TIED:
             np.dot(resp, f_t.T, sums_tile)
         else:
@@ -223,21 +223,21 @@ def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels
     top = np.empty(n_tile)
     total = np.empty(n_tile)
     shifted = np.empty(n_tile)
-    expo = np.empty(n_tile)
-    best = np.empty(n_tile, dtype=np.int64)
+    best = np.empty(n_tile if want_labels else 0, dtype=np.int64)
     squares = 0.0
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
         squares += load_tile(X, shift, start, m, y_t)
         _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t, resp,
                        shifted, m)
-        exponentiate_tile(resp, top, total, shifted, expo, best)
+        exponentiate_tile(resp, top, total, best)
         if want_labels:
             for r in range(m):
                 labels[start + r] = best[r]
         if want_scores:
+            _log_positive(total, shifted, m)
             for r in range(m):
-                scores[start + r] = top[r] + math.log(total[r])
+                scores[start + r] = top[r] + shifted[r]
         if want_proba:
             for r in range(m):
                 inverse = 1.0 / total[r]

@@ -201,7 +201,6 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
     g = np.empty(n_features)
     log_prob = np.empty(n_components)
     shifted = np.empty(n_components)
-    scale = np.empty(n_components, dtype=np.int64)
     fills = np.empty((n_components, n_features))
     # x̂ x̂ᵀ = base baseᵀ + (base fᵀ + f baseᵀ) + f fᵀ, where the fill f is
     # non-zero only at the missing features: the first term is shared by every
@@ -260,7 +259,7 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
                 top = 0.0
             for k in range(n_components):
                 shifted[k] = log_prob[k] - top
-            _exp_nonpositive(shifted, log_prob, scale, n_components)
+            _exp_nonpositive(shifted, log_prob, n_components)
             total = 0.0
             for k in range(n_components):
                 total += log_prob[k]

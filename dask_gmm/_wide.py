@@ -120,7 +120,7 @@ def wide_full_e_step(X, shift, w, first, second, offsets, log_const, nk, s1, s2,
     for start, stop in _wide_blocks(n, n_components, n_features):
         resp[:, start:stop] = wide_full_log_prob(Y[start:stop], first, second, offsets,
                                                  log_const)
-    buffers = [np.empty(n) for _ in range(4)]
+    buffers = [np.empty(n) for _ in range(3)]
     log_likelihood = _fused.normalise_tile(resp, n, w, 0, *buffers, nk)
     s1 += np.dot(resp, Y)
     # (r_k y) in slices that stay in cache, each product still over many rows
