@@ -66,6 +66,8 @@ def _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t
         DIAG, SPHERICAL, TIED or FULL.
     y_t : ndarray of shape (D, n_tile)
         The rows minus the shift, transposed; columns ``m..`` hold finite stale rows.
+        DIAG and SPHERICAL: the first ``D`` rows of ``f_t`` (their features begin
+        with the rows themselves, so they are loaded there and not copied).
     whiten, first : ndarray
         TIED: ``whiten`` is ``U^T`` (D, D); FULL: the stacked ``[U_1 ... U_K]^T``
         as ``_fused.split_whitening`` gives it (``first``, ``whiten``);
@@ -77,8 +79,8 @@ def _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t
         Added to each component's density; ``cap`` bounds it (a squared
         distance is never negative, whatever the rounding of an expanded form).
     z_first, z_t, f_t : ndarray
-        Work buffers: the whitened rows (TIED: ``z_t`` (D, n_tile); FULL: both,
-        as ``_fused.whiten_tile`` fills them) and the features (P, n_tile).
+        Work buffers: FULL's whitened rows (as ``_fused.whiten_tile`` fills
+        them) and the features (P, n_tile); TIED whitens into the features.
     resp : ndarray of shape (K, n_tile)
     shifted : ndarray of shape (n_tile,)
     m : int
@@ -96,19 +98,15 @@ def _log_densities(kind, y_t, whiten, first, coef, const, cap, z_first, z_t, f_t
         for i in range(n_features):
             for r in range(m):
                 v = y_t[i, r]
-                f_t[i, r] = v
                 f_t[n_features + i, r] = v * v
     else:
-        source = y_t
         if kind == TIED:
-            np.dot(whiten, y_t, z_t)
-            source = z_t
+            np.dot(whiten, y_t, f_t[:n_features])
         for r in range(m):
             shifted[r] = 0.0
         for i in range(n_features):
             for r in range(m):
-                v = source[i, r]
-                f_t[i, r] = v
+                v = f_t[i, r]
                 shifted[r] += v * v
         for r in range(m):
             f_t[n_features, r] = shifted[r]
@@ -156,9 +154,9 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     n, n_features = X.shape
     n_components, n_coef = coef.shape
     weighted = w.shape[0] > 0
-    y_t = np.zeros((n_features, n_tile))
     f_t = np.zeros((n_coef, n_tile))
-    z_t = np.zeros((n_features if kind == TIED else 0, n_tile))
+    y_t = f_t[:n_features] if kind != TIED else np.zeros((n_features, n_tile))
+    no_rows = np.zeros((0, n_tile))
     no_first = np.zeros((0, 0))
     yw_t = np.zeros((n_features if kind == TIED else 0, n_tile))
     resp = np.empty((n_components, n_tile))
@@ -172,7 +170,7 @@ def linear_e_step(X, shift, w, kind, whiten, coef, const, cap, n_tile, nk, sums,
     for start in range(0, n, n_tile):
         m = min(n_tile, n - start)
         squares += load_tile(X, shift, start, m, y_t)
-        _log_densities(kind, y_t, whiten, no_first, coef, const, cap, no_first, z_t, f_t, resp,
+        _log_densities(kind, y_t, whiten, no_first, coef, const, cap, no_first, no_rows, f_t, resp,
                        shifted, m)
         log_likelihood += normalise_tile(resp, m, w, start, top, total, shifted, nk)
         if kind != TIED:
@@ -218,9 +216,9 @@ def predict_rows(X, shift, kind, whiten, first, coef, const, cap, n_tile, labels
     n_components = const.shape[0]
     want_labels, want_proba, want_scores = (labels.shape[0] > 0, proba.shape[0] > 0,
                                             scores.shape[0] > 0)
-    y_t = np.zeros((n_features, n_tile))
     f_t = np.zeros((coef.shape[1] if kind != FULL else 0, n_tile))
-    z_t = np.zeros((whiten.shape[0] if kind in (TIED, FULL) else 0, n_tile))
+    y_t = f_t[:n_features] if kind in (DIAG, SPHERICAL) else np.zeros((n_features, n_tile))
+    z_t = np.zeros((whiten.shape[0] if kind == FULL else 0, n_tile))
     z_first = np.zeros((first.shape[0], n_tile))
     resp = np.empty((n_components, n_tile))
     top = np.empty(n_tile)
