@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ._fused import _FASTMATH, _exp_nonpositive, compiled, packed_products
+from ._fused import _FASTMATH, compiled, normalise_tile, packed_products
 
 LOG_2PI = math.log(2 * math.pi)
 TILE_ROWS = 128
@@ -41,39 +41,63 @@ PATTERN_FLOATS = 2**20
 
 
 @compiled(fastmath=_FASTMATH)
-def _inverse_of_block(matrices, k, indices, p, q, out):
-    """``out[:q, :q] = inv(M[m][:, m])``, ``M = matrices[k]``, ``m = indices[p, :q]``;
-    returns its log-determinant.
+def _inverse_of_blocks(matrices, indices, p, q, out, log_det):
+    """``out[:q, :q, k] = inv(M_k[m][:, m])`` for every ``M_k = matrices[k]``, with
+    ``m = indices[p, :q]``; ``log_det[k]`` receives its log-determinant.
 
     Gauss-Jordan elimination in place, without pivoting (the blocks of a
     precision matrix are symmetric positive definite, where that is stable):
     one loop nest and one division per column, twice as fast as a Cholesky
     factor and its inverse at these sizes (the missing features of one row),
     where a LAPACK call and its copies would cost more than the arithmetic.
+    The components are the innermost loop: every step is the same for all of
+    them, so it vectorises (the blocks are small, a few features).
+
+    Parameters
+    ----------
+    matrices : ndarray of shape (K, D, D)
+    indices : ndarray of shape (P, D), int64
+    p, q : int
+    out : ndarray of shape (D, D, K)
+    log_det : ndarray of shape (K,)
     """
+    n_components = matrices.shape[0]
+    product = np.ones(n_components)
+    inverse = np.empty(n_components)
+    factor = np.empty(n_components)
     for a in range(q):
         row = indices[p, a]
         for b in range(q):
-            out[a, b] = matrices[k, row, indices[p, b]]
-    product = 1.0
-    log_det = 0.0
+            column = indices[p, b]
+            for k in range(n_components):
+                out[a, b, k] = matrices[k, row, column]
+    for k in range(n_components):
+        log_det[k] = 0.0
     for c in range(q):
-        pivot = out[c, c]
-        product *= pivot
-        if not 1e-150 < product < 1e150:  # keep the product of pivots in range
-            log_det += math.log(product)
-            product = 1.0
-        inverse = 1.0 / pivot
+        for k in range(n_components):
+            pivot = out[c, c, k]
+            product[k] *= pivot
+            inverse[k] = 1.0 / pivot
+        for k in range(n_components):
+            if not 1e-150 < product[k] < 1e150:  # keep the product of pivots in range
+                log_det[k] += math.log(product[k])
+                product[k] = 1.0
         for j in range(q):
-            out[c, j] *= inverse
-        out[c, c] = inverse
+            for k in range(n_components):
+                out[c, j, k] *= inverse[k]
+        for k in range(n_components):
+            out[c, c, k] = inverse[k]
         for i in range(q):
             if i != c:
-                factor = out[i, c]
+                for k in range(n_components):
+                    factor[k] = out[i, c, k]
                 for j in range(q):
-                    out[i, j] -= factor * out[c, j]
-                out[i, c] = -factor * inverse
-    return log_det + math.log(product)
+                    for k in range(n_components):
+                        out[i, j, k] -= factor[k] * out[c, j, k]
+                for k in range(n_components):
+                    out[i, c, k] = -factor[k] * inverse[k]
+    for k in range(n_components):
+        log_det[k] += math.log(product[k])
 
 
 @compiled(fastmath=_FASTMATH)
@@ -115,7 +139,8 @@ def _pattern_factors(rows, order, starts, precision, local_means, log_const):
     inverses = np.empty(offsets[n_patterns])
     h = np.empty((n_patterns, n_components, n_features))
     pattern_const = np.empty((n_patterns, n_components))
-    block_inverse = np.empty((n_features, n_features))
+    block_inverse = np.empty((n_features, n_features, n_components))
+    log_det_mm = np.empty(n_components)
     whole_h = np.empty((n_components, n_features))
     for k in range(n_components):
         for i in range(n_features):
@@ -125,12 +150,12 @@ def _pattern_factors(rows, order, starts, precision, local_means, log_const):
             whole_h[k, i] = acc
     for p in range(n_patterns):
         q = counts[p]
+        _inverse_of_blocks(precision, missing, p, q, block_inverse, log_det_mm)
         for k in range(n_components):
-            log_det_mm = _inverse_of_block(precision, k, missing, p, q, block_inverse)
             at = offsets[p] + k * q * q
             for a in range(q):
                 for b in range(q):
-                    inverses[at + a * q + b] = block_inverse[a, b]
+                    inverses[at + a * q + b] = block_inverse[a, b, k]
             # h = Λ_k μ_k less the columns of the missing features
             for i in range(n_features):
                 h[p, k, i] = whole_h[k, i]
@@ -140,7 +165,7 @@ def _pattern_factors(rows, order, starts, precision, local_means, log_const):
                 for i in range(n_features):
                     h[p, k, i] -= precision[k, j, i] * mean_j
             pattern_const[p, k] = (log_const[k] - 0.5 * (n_features - q) * LOG_2PI
-                                   - 0.5 * log_det_mm)
+                                   - 0.5 * log_det_mm[k])
     return counts, missing, offsets, inverses, h, pattern_const
 
 
@@ -199,9 +224,11 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
     products = np.empty((n_tile, n_components * n_features))
     pattern_of = np.empty(n_tile, dtype=np.int64)
     g = np.empty(n_features)
-    log_prob = np.empty(n_components)
-    shifted = np.empty(n_components)
-    fills = np.empty((n_components, n_features))
+    fills = np.empty((n_tile, n_components, n_features))
+    row_w = np.empty(n_tile if weighted else 0)
+    top = np.empty(n_tile)
+    total = np.empty(n_tile)
+    logs = np.empty(n_tile)
     # x̂ x̂ᵀ = base baseᵀ + (base fᵀ + f baseᵀ) + f fᵀ, where the fill f is
     # non-zero only at the missing features: the first term is shared by every
     # component (packed products of the tile, one product with the tile's
@@ -246,45 +273,31 @@ def marginal_e_step(rows, w, order, starts, shift, precision, local_means, log_c
                     for b in range(q):
                         solved += inverses[at + a * q + b] * g[missing[pr, b]]
                     quad -= g[j] * solved
-                    fills[k, a] = local_means[k, j] - solved
-                log_prob[k] = pattern_const[pr, k] - 0.5 * quad
+                    fills[r, k, a] = local_means[k, j] - solved
+                resp_t[k, r] = pattern_const[pr, k] - 0.5 * quad
             if densities_only:
                 for k in range(n_components):
-                    out[row, k] = log_prob[k]
-                continue
-            top = log_prob[0]
-            for k in range(1, n_components):
-                top = max(top, log_prob[k])
-            if not top > -np.inf:
-                top = 0.0
+                    out[row, k] = resp_t[k, r]
+        if densities_only:
+            continue
+        if weighted:
+            for r in range(m):
+                row_w[r] = w[order[begin + r]]
+        log_likelihood += normalise_tile(resp_t, m, row_w, 0, top, total, logs, nk)
+        for r in range(m):
+            pr = pattern_of[r]
+            q = counts[pr]
             for k in range(n_components):
-                shifted[k] = log_prob[k] - top
-            _exp_nonpositive(shifted, log_prob, n_components)
-            total = 0.0
-            for k in range(n_components):
-                total += log_prob[k]
-            weight = w[row] if weighted else 1.0
-            log_likelihood += weight * (top + math.log(total))
-            for k in range(n_components):
-                a_k = weight * log_prob[k] / total
-                resp_t[k, r] = a_k
+                a_k = resp_t[k, r]
                 mass[pr, k] += a_k
                 for a in range(q):
                     j = missing[pr, a]
-                    fill = a_k * fills[k, a]
+                    fill = a_k * fills[r, k, a]
                     fill_sum[k, j] += fill
                     for i in range(n_features):
                         cross[k, j, i] += fill * base_rows[r, i]
                     for b in range(q):
-                        s2[k, j, missing[pr, b]] += fill * fills[k, b]
-        for k in range(n_components):
-            for r in range(m, n_tile):  # a last, partial tile
-                resp_t[k, r] = 0.0
-        for k in range(n_components):
-            acc = 0.0
-            for r in range(n_tile):
-                acc += resp_t[k, r]
-            nk[k] += acc
+                        s2[k, j, missing[pr, b]] += fill * fills[r, k, b]
         for j in range(n_features):
             for r in range(m):
                 base_t[j, r] = base_rows[r, j]
@@ -358,6 +371,21 @@ def take_incomplete_rows(rows, out, missing, positions):
     return taken
 
 
+@compiled()
+def pattern_keys(mask):
+    """One integer per row of a NaN mask of at most 62 features: bit ``j`` is
+    feature ``j`` missing (numpy's product of the mask with the powers of two
+    converted the mask to int64 first: 0.8 ms for 51,000 rows, this 0.05)."""
+    keys = np.zeros(mask.shape[0], dtype=np.int64)
+    for r in range(mask.shape[0]):
+        key = 0
+        for j in range(mask.shape[1]):
+            if mask[r, j]:
+                key |= np.int64(1) << j
+        keys[r] = key
+    return keys
+
+
 def pattern_batches(missing_counts, n_components, n_features):
     """Split patterns into runs whose per-pattern numbers fit in ``PATTERN_FLOATS``.
 
@@ -417,7 +445,7 @@ class PatternRuns:
         mask = incomplete.missing
         n, n_features = mask.shape
         if n_features <= 62:
-            keys = np.dot(mask, np.int64(1) << np.arange(n_features, dtype=np.int64))
+            keys = pattern_keys(mask)
         else:
             keys = np.unique(mask, axis=0, return_inverse=True)[1].reshape(-1)
         self.order = sort_by_pattern(keys, n_features)

@@ -621,23 +621,28 @@ def test_infinity_is_an_error_under_every_policy(nan_policy):
 
 @pytest.mark.parametrize("condition", [1.0, 1e4, 1e8])
 def test_block_inverse_of_the_compiled_e_step(condition):
-    """Gauss-Jordan without pivoting on symmetric positive definite blocks, against
-    LAPACK: the inverse and log-determinant of blocks up to condition number 1e8."""
-    from dask_gmm._fused_missing import _inverse_of_block
+    """Gauss-Jordan without pivoting on symmetric positive definite blocks, every
+    component at once, against LAPACK: the inverses and log-determinants of blocks
+    up to condition number 1e8."""
+    from dask_gmm._fused_missing import _inverse_of_blocks
 
     rng = np.random.RandomState(int(np.log10(condition)))
     n_features = 9
     basis = np.linalg.qr(rng.normal(size=(n_features, n_features)))[0]
     spectrum = np.logspace(0, np.log10(condition), n_features) * 3.0
-    matrices = np.stack([basis * spectrum @ basis.T, np.eye(n_features)])
+    other = np.linalg.qr(rng.normal(size=(n_features, n_features)))[0]
+    matrices = np.stack([basis * spectrum @ basis.T, np.eye(n_features),
+                         other * spectrum[::-1] @ other.T])
     indices = np.array([[0, 2, 3, 5, 6, 7, 8, 0, 0], [4, 0, 0, 0, 0, 0, 0, 0, 0]])
-    out = np.empty((n_features, n_features))
-    for k, p, q in ((0, 0, 7), (0, 1, 1), (1, 0, 7)):
-        block = matrices[k][np.ix_(indices[p, :q], indices[p, :q])]
-        log_det = _inverse_of_block(matrices, k, indices, p, q, out)
-        assert log_det == pytest.approx(np.linalg.slogdet(block)[1], abs=1e-9)
-        np.testing.assert_allclose(out[:q, :q], np.linalg.inv(block),
-                                   rtol=1e-14 * condition, atol=1e-14 * condition)
+    out = np.empty((n_features, n_features, len(matrices)))
+    log_det = np.empty(len(matrices))
+    for p, q in ((0, 7), (1, 1)):
+        _inverse_of_blocks(matrices, indices, p, q, out, log_det)
+        for k, matrix in enumerate(matrices):
+            block = matrix[np.ix_(indices[p, :q], indices[p, :q])]
+            assert log_det[k] == pytest.approx(np.linalg.slogdet(block)[1], abs=1e-9)
+            np.testing.assert_allclose(out[:q, :q, k], np.linalg.inv(block),
+                                       rtol=1e-14 * condition, atol=1e-14 * condition)
 
 
 def test_the_nan_error_names_both_policies():
@@ -682,3 +687,12 @@ def test_bayesian_warm_start_keeps_the_complete_rows_priors():
     bgm.fit(Xm)
     np.testing.assert_allclose(bgm.mean_prior_, first[0], rtol=1e-12)
     np.testing.assert_allclose(bgm.covariance_prior_, first[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_features", [1, 16, 62])
+def test_pattern_keys_give_each_mask_row_its_bits(n_features):
+    from dask_gmm._fused_missing import pattern_keys
+
+    mask = np.random.default_rng(n_features).random((500, n_features)) < 0.3
+    expected = mask.astype(np.int64) @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
+    np.testing.assert_array_equal(pattern_keys(mask), expected)
