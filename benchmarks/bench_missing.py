@@ -178,7 +178,7 @@ def main(argv=None):
     wide_chunks = (62_500, 32)
     plain_w, marginal_w = compare_cost(da.from_array(Xw, chunks=wide_chunks),
                                        da.from_array(Xwm, chunks=wide_chunks), means_w,
-                                       repeats=1)
+                                       repeats=3)
     wide_patterns, _ = pattern_counts(Xwm)
     print(f"cost: {plain:.3f} s/iter complete, {marginal:.3f} s/iter with 10% missing "
           f"({marginal / plain:.2f}x)", flush=True)
