@@ -260,7 +260,7 @@ def run_chunk_tasks(tasks, on_done, client=None, window=None):
         with one_blas_thread():
             queue = iter(enumerate(tasks))
             for i, task in queue:
-                running[executor.submit(task.compute, scheduler="sync")] = i
+                running[executor.submit(_compute_here, task)] = i
                 if len(running) >= window:
                     break
             while running:
@@ -271,10 +271,20 @@ def run_chunk_tasks(tasks, on_done, client=None, window=None):
                     on_done(i, future.result())
                     following = next(queue, None)
                     if following is not None:
-                        running[executor.submit(following[1].compute,
-                                                scheduler="sync")] = following[0]
+                        running[executor.submit(_compute_here, following[1])] = following[0]
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _compute_here(task):
+    """A delayed task's result, computed on the calling thread.
+
+    The tasks' graphs were optimised when they were made (``to_delayed``), so
+    ``dask.get`` runs them as they are: ``task.compute(scheduler="sync")``
+    tokenised and optimised each again, 0.58 against 0.22 ms a task, and on
+    two threads at once 15.5 against 4 ms for 16 trivial tasks.
+    """
+    return dask.get(task.__dask_graph__(), task.key)
 
 
 def _run_on_client(tasks, on_done, client, window):

@@ -309,3 +309,26 @@ def test_settled_first_lloyd_pass_without_moments_takes_one_more(monkeypatch):
                                np.random.RandomState(0))
         (params,) = run_together(rows, [steps], isolate=())
         assert asked == expected and np.all(np.isfinite(params.covariances))
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_chunk_task_runner_gives_each_result_with_its_index(scheduler):
+    """``run_chunk_tasks`` (what ``dask-gmm predict`` runs its chunks with) computes each
+    task's own graph on its threads: tasks over the blocks of one array, with a shared
+    dependency, each result handed over once with its index."""
+    from dask_gmm.outputs import run_chunk_tasks
+
+    X = da.arange(40, chunks=7).reshape(40, 1) * 1.0
+    offset = dask.delayed(lambda: 100.0)()
+    tasks = [dask.delayed(lambda block, o: float(block.sum()) + o, pure=False)(b, offset)
+             for b in X.to_delayed().ravel()]
+    results = {}
+
+    def on_done(i, value):
+        assert i not in results
+        results[i] = value
+
+    with dask.config.set(scheduler=scheduler):
+        run_chunk_tasks(tasks, on_done, window=2)
+    expected = [float(np.arange(40)[s:s + 7].sum()) + 100.0 for s in range(0, 40, 7)]
+    assert [results[i] for i in range(len(tasks))] == expected
