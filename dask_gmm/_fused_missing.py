@@ -11,7 +11,8 @@ Here a chunk's rows come sorted by pattern: each pattern's ``Λ_mm`` is
 inverted once per component (``O(patterns x K x q³)``, by a small Gauss-Jordan
 elimination written out: a LAPACK call and its copies cost more than inverting
 a 2 x 2 block), one product per tile of rows gives ``Λ_k (x - shift)`` for
-every component, and each row is then handled in a loop over its components. The
+every component, each row's densities and fills come from a loop over its
+components, and the tile's responsibilities are normalised in one pass. The
 second moments ``x̂ x̂ᵀ`` split into the observed part, shared by every
 component (packed products of a tile, one BLAS call with the tile's
 responsibilities, as for complete rows), and the parts at the q missing
