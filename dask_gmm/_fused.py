@@ -26,6 +26,8 @@ The functions release the GIL, so dask's threads run them in parallel.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -76,6 +78,11 @@ def tile_rows(n_components, n_features):
     return max(8, rows // 8 * 8)
 
 
+# exp(f) = sum f^n / n!, n = 12 down to 0; 2 atanh(s) / (2 s) = sum s^2n / (2n + 1), n = 11..0
+_EXP_TAYLOR = tuple(1.0 / math.factorial(n) for n in range(12, -1, -1))
+_ATANH_SERIES = tuple(1.0 / (2 * n + 1) for n in range(11, -1, -1))
+
+
 # No reassociation here: it would undo the two-part ln 2 of the range reduction.
 # LLVM inlines this into the callers' loops, keeping these flags, and vectorises them.
 @compiled(fastmath={"nsz", "contract"})
@@ -90,19 +97,9 @@ def _exp_scalar(x):
     v = max(x, _EXP_FLOOR)
     kf = np.floor(v * _LOG2E + 0.5)
     f = v - kf * _LN2_HI - kf * _LN2_LO
-    p = 1.0 / 479001600.0
-    p = p * f + 1.0 / 39916800.0
-    p = p * f + 1.0 / 3628800.0
-    p = p * f + 1.0 / 362880.0
-    p = p * f + 1.0 / 40320.0
-    p = p * f + 1.0 / 5040.0
-    p = p * f + 1.0 / 720.0
-    p = p * f + 1.0 / 120.0
-    p = p * f + 1.0 / 24.0
-    p = p * f + 1.0 / 6.0
-    p = p * f + 0.5
-    p = p * f + 1.0
-    p = p * f + 1.0
+    p = 0.0
+    for coefficient in _EXP_TAYLOR:  # Horner's rule; the compiler unrolls it
+        p = p * f + coefficient
     power = np.int64((np.int64(kf) + 1023) << 52).view(np.float64)
     return p * power if x >= _EXP_FLOOR else 0.0
 
@@ -136,18 +133,9 @@ def _log_scalar(x):
     e = e + 1 if high else e
     s = (a - 1.0) / (a + 1.0)
     s2 = s * s
-    q = 1.0 / 23.0
-    q = q * s2 + 1.0 / 21.0
-    q = q * s2 + 1.0 / 19.0
-    q = q * s2 + 1.0 / 17.0
-    q = q * s2 + 1.0 / 15.0
-    q = q * s2 + 1.0 / 13.0
-    q = q * s2 + 1.0 / 11.0
-    q = q * s2 + 1.0 / 9.0
-    q = q * s2 + 1.0 / 7.0
-    q = q * s2 + 1.0 / 5.0
-    q = q * s2 + 1.0 / 3.0
-    q = q * s2 + 1.0
+    q = 0.0
+    for coefficient in _ATANH_SERIES:
+        q = q * s2 + coefficient
     return e * _LN2 + 2.0 * s * q
 
 
