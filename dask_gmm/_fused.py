@@ -104,13 +104,6 @@ def _exp_scalar(x):
     return p * power if x >= _EXP_FLOOR else 0.0
 
 
-@compiled(fastmath={"nsz", "contract"})
-def _exp_nonpositive(x, out, m):
-    """``out[:m] = exp(x[:m])`` for ``x <= 0`` (see :func:`_exp_scalar`)."""
-    for r in range(m):
-        out[r] = _exp_scalar(x[r])
-
-
 _LN2 = 0.6931471805599453
 _SQRT2 = 1.4142135623730951
 
@@ -158,7 +151,8 @@ def log_positive(x):
 def exp_nonpositive(x):
     """The kernel's exponential on an array of values ``<= 0`` (for tests)."""
     out = np.empty(x.shape[0])
-    _exp_nonpositive(x, out, x.shape[0])
+    for r in range(x.shape[0]):
+        out[r] = _exp_scalar(x[r])
     return out
 
 
