@@ -32,7 +32,12 @@ from ._engine import (
 from ._memory import cluster_client, record_reads, rows_for_fit
 from ._mstep import Params
 from ._options import COVARIANCE_TYPES, INIT_PARAMS, NAN_POLICIES
-from ._predict import predict_block, predict_proba_block, score_samples_block
+from ._predict import (
+    predict_block,
+    predict_proba_block,
+    rows_in_memory_outputs,
+    score_samples_block,
+)
 from ._requests import TakeRows
 from ._stats import translate_stats
 from ._validation import (
@@ -393,17 +398,17 @@ class BaseMixture(DensityMixin, BaseEstimator):
     # -------------------------------------------------------------- prediction
 
     def _rowwise(self, X, block_fn, dtype_out, name, extra_dim=None):
-        """Apply ``block_fn(block, params, nan_policy)`` to every block of samples.
-
-        Lazy on dask input (one task per block, features joined in it), eager
-        otherwise; xarray input gets a DataArray on its sample dims back.
+        """Output ``name`` of every sample: lazy on dask input (``block_fn`` per block,
+        features joined in it), else :func:`rows_in_memory_outputs`; xarray input
+        gets a DataArray on its sample dims back.
         """
         check_is_fitted(self)
         X, lazy, layout = check_X(self, X, reset=False)
         params = self._current_params()
         policy = self.nan_policy
         if not lazy:
-            out = block_fn(X, params, policy)
+            rows = X.reshape(-1, X.shape[-1])
+            out = rows_in_memory_outputs(rows, params, (name,), X.dtype, policy)[name]
             if layout is not None:
                 out = out.reshape(layout.shape + out.shape[1:])
         else:

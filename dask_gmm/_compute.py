@@ -60,7 +60,8 @@ def compute(*collections):
         return dask.compute(*collections)
 
 
-def _runs_on_dask_threads():
+def runs_on_dask_threads():
+    """Whether dask would run a graph on its own threads here (no client, no other scheduler)."""
     return (dask.config.get("scheduler", None) in THREADED_SCHEDULERS
             and active_client() is None)
 
@@ -80,7 +81,7 @@ def compute_delayed(delayed):
     would run them on its threads; anything else (a distributed client, another
     scheduler, blocks still to be read) goes through ``dask.compute``.
     """
-    if not (delayed and _runs_on_dask_threads()
+    if not (delayed and runs_on_dask_threads()
             and all(_blocks_in_memory(d) for d in delayed)):
         return list(compute(*delayed))
     graph = {}

@@ -10,6 +10,7 @@ route, kept as the reference the kernel is tested against.
 
 from __future__ import annotations
 
+import dask.threaded
 import numpy as np
 
 from ._estep import (
@@ -25,6 +26,10 @@ from ._estep import (
     weighted_log_prob,
 )
 from ._missing import IncompleteRows, observed_log_prob
+
+# Rows in memory are predicted in tasks of this many rows on dask's threads once
+# there are two tasks' worth (see rows_in_memory_outputs).
+MEMORY_TASK_ROWS = 65_536
 
 
 def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="raise",
@@ -68,7 +73,7 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="rais
     return log_resp, log_norm
 
 
-def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
+def row_outputs(X, params, names, dtype, nan_policy="raise", place=None, out=None):
     """Labels, probabilities and log-likelihoods of a block of rows, from one pass.
 
     Complete rows go through the compiled prediction kernel (``_fused_linear``);
@@ -86,6 +91,9 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
         Rows left out get label -1 and NaN probabilities and scores.
     place : RowPlace or None
         Where ``X`` sits, for messages.
+    out : dict of ndarray, optional
+        Arrays to write the outputs into (of the shapes and dtypes returned, for
+        every name asked), instead of new ones.
 
     Returns
     -------
@@ -99,16 +107,17 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
     shift = chunk_shift(X)
     # Under 'raise' every row is written (a NaN is an error); otherwise rows left
     # out keep the fill values.
-    def allocate(shape, fill, dtype):
-        return np.empty(shape, dtype) if nan_policy == "raise" else np.full(shape, fill, dtype)
-
-    out = {}
-    if "labels" in names:
-        out["labels"] = allocate(n, -1, np.int64)
-    if "proba" in names:
-        out["proba"] = allocate((n, len(params.weights)), np.nan, dtype)
-    if "score_samples" in names:
-        out["score_samples"] = allocate(n, np.nan, dtype)
+    shapes = {"labels": ((n,), np.int64, -1),
+              "proba": ((n, len(params.weights)), dtype, np.nan),
+              "score_samples": ((n,), dtype, np.nan)}
+    if out is None:
+        out = {name: np.empty(shape, kind) for name, (shape, kind, _) in shapes.items()
+               if name in names}
+    else:
+        out = {name: out[name] for name in shapes if name in names}
+    if nan_policy != "raise":
+        for name, value in out.items():
+            value.fill(shapes[name][2])
     # Under 'raise' the kernel checks the rows as it reads them (their sum of
     # squares; see chunk_pass), so a block can be large: few hand-overs of the GIL.
     kernel_checks = nan_policy == "raise"
@@ -146,6 +155,56 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None):
                     out["proba"][at] = np.exp(log_resp)
                 if "score_samples" in out:
                     out["score_samples"][at] = log_norm
+    return out
+
+
+def rows_in_memory_outputs(X, params, names, dtype, nan_policy="raise"):
+    """:func:`row_outputs` of rows in memory, in tasks of rows on dask's threads.
+
+    Rows enough for two tasks of ``MEMORY_TASK_ROWS`` are cut into such tasks,
+    run on dask's threaded scheduler (BLAS held to one thread), each writing its
+    rows of arrays made once; otherwise, or when dask would not run on its
+    threads (another scheduler, a distributed client), one pass here. A row
+    that is not finite under 'raise' is reported as the one pass would report
+    it: the first task in row order that fails gives the error.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    params, names, dtype, nan_policy :
+        As :func:`row_outputs`.
+
+    Returns
+    -------
+    dict
+        As :func:`row_outputs`.
+    """
+    from ._compute import one_blas_thread, runs_on_dask_threads
+
+    n = X.shape[0]
+    if n < 2 * MEMORY_TASK_ROWS or not runs_on_dask_threads():
+        return row_outputs(X, params, names, dtype, nan_policy)
+    out = {"labels": np.empty(n, np.int64),
+           "proba": np.empty((n, len(params.weights)), dtype),
+           "score_samples": np.empty(n, dtype)}
+    out = {name: value for name, value in out.items() if name in names}
+
+    def task(start):
+        stop = min(start + MEMORY_TASK_ROWS, n)
+        try:
+            row_outputs(X[start:stop], params, names, dtype, nan_policy, RowPlace((start,)),
+                        {name: value[start:stop] for name, value in out.items()})
+        except Exception as error:  # raised below, in row order
+            return error
+        return None
+
+    graph = {("dask-gmm-rows", i): (task, start)
+             for i, start in enumerate(range(0, n, MEMORY_TASK_ROWS))}
+    with one_blas_thread():
+        errors = dask.threaded.get(graph, sorted(graph))
+    for error in errors:
+        if error is not None:
+            raise error
     return out
 
 

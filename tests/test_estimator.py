@@ -1,6 +1,7 @@
 """The estimator contract: scikit-learn's API, lazy outputs, inits, one compute per round."""
 
 import inspect
+import time
 import warnings
 
 import dask
@@ -13,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 from sklearn.utils.estimator_checks import check_estimator
 
-from dask_gmm import GaussianMixture
+from dask_gmm import GaussianMixture, _predict
 
 from .helpers import COVARIANCE_TYPES, as_dask, blobs, count_computes, reference_inits
 
@@ -57,6 +58,74 @@ def test_methods_on_numpy_return_numpy_and_equal_sklearn():
     np.testing.assert_allclose(ours.bic(X), theirs.bic(X), rtol=1e-8)
     np.testing.assert_allclose(ours.aic(X), theirs.aic(X), rtol=1e-8)
     np.testing.assert_array_equal(ours.fit_predict(X), theirs.fit_predict(X))
+
+
+def _numpy_outputs(gm, X):
+    return gm.predict(X), gm.predict_proba(X), gm.score_samples(X)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_many_numpy_rows_are_predicted_in_row_tasks_on_dask_threads(
+        monkeypatch, covariance_type, dtype):
+    """Rows in memory enough for two tasks run as one dask round of row tasks (the
+    last one ragged), and give what one pass over all the rows gives."""
+    X = blobs(1050, dtype=dtype)[0]
+    gm = GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(X)
+    monkeypatch.setattr(_predict, "MEMORY_TASK_ROWS", 100)
+    with dask.config.set(scheduler="sync"), count_computes() as rounds:
+        serial = _numpy_outputs(gm, X)  # dask would not run on its threads: one pass
+    assert rounds == []
+    with count_computes() as rounds:
+        tasks = _numpy_outputs(gm, X)
+    assert rounds == [11, 11, 11]
+    np.testing.assert_array_equal(tasks[0], serial[0])
+    for ours, whole in zip(tasks[1:], serial[1:]):
+        assert ours.dtype == whole.dtype == dtype
+        np.testing.assert_allclose(ours, whole, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-6 if dtype == np.float32 else 1e-12)
+    monkeypatch.setattr(_predict, "MEMORY_TASK_ROWS", 600)  # fewer rows than two tasks
+    with count_computes() as rounds:
+        np.testing.assert_array_equal(gm.predict(X), serial[0])
+    assert rounds == []
+
+
+@pytest.mark.parametrize("nan_policy", ["omit", "marginalize"])
+def test_row_tasks_keep_the_fill_values_of_rows_left_out(monkeypatch, nan_policy):
+    X = blobs(1050)[0]
+    gm = GaussianMixture(4, random_state=0, nan_policy=nan_policy).fit(X)
+    holed = X.copy()
+    holed[[5, 150, 777, 1049], 1] = np.nan
+    holed[[151, 900], :] = np.nan
+    with dask.config.set(scheduler="sync"):
+        serial = _numpy_outputs(gm, holed)
+    monkeypatch.setattr(_predict, "MEMORY_TASK_ROWS", 100)
+    tasks = _numpy_outputs(gm, holed)
+    np.testing.assert_array_equal(tasks[0], serial[0])
+    assert (tasks[0][[151, 900]] == -1).all()
+    for ours, whole in zip(tasks[1:], serial[1:]):
+        np.testing.assert_allclose(ours, whole, rtol=1e-12, atol=1e-12)
+        assert np.isnan(ours[[151, 900]]).all()
+
+
+def test_row_tasks_report_the_first_bad_row_as_one_pass_does(monkeypatch):
+    """Several tasks fail: the error is the first failing task's, in row order."""
+    X = blobs(1050)[0]
+    gm = GaussianMixture(4, random_state=0).fit(X)
+    bad = X.copy()
+    bad[950, 1] = 1e150
+    bad[150, 0] = -1e160
+    monkeypatch.setattr(_predict, "MEMORY_TASK_ROWS", 100)
+    one_pass = _predict.row_outputs
+
+    def second_task_last(X, *args):
+        if args[-2].origin == (100,):  # the task of rows 100-199 fails after the others
+            time.sleep(0.2)
+        return one_pass(X, *args)
+
+    monkeypatch.setattr(_predict, "row_outputs", second_task_last)
+    with pytest.raises(ValueError, match=r"up to 1e\+160 \(rows \[150\]\)"):
+        gm.predict_proba(bad)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
