@@ -8,9 +8,11 @@ to its peer from the same run:
 - at D=64, K=64, against this machine's matrix-multiply bound (the flops an
   iteration needs at the rate of a large square product);
 - a prediction pass (labels, probabilities and scores of every row at once,
-  what ``dask-gmm predict`` computes per chunk, each chunk's outputs released as
-  the command releases them once written; and again holding them all) against
-  one EM iteration;
+  what ``dask-gmm predict`` computes per chunk, run as an EM iteration's pass is,
+  each chunk's outputs released as the command releases them once written; and
+  again through ``dask.compute``, and holding every output) against one EM
+  iteration; and the estimator's ``predict``, ``predict_proba`` and
+  ``score_samples`` against scikit-learn's;
 - a whole default fit (``GaussianMixture(n_components=8).fit(X)``) against
   scikit-learn's whole default fit, with both final lower bounds;
 - wide data: full covariances at D=256 against scikit-learn per iteration.
@@ -37,8 +39,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from dask_gmm import GaussianMixture
-from dask_gmm._compute import one_blas_thread
+from dask_gmm._compute import compute_delayed, one_blas_thread
 from dask_gmm.outputs import OUTPUTS, predict_chunk
+from dask_gmm.persistence import to_sklearn
 
 from ._common import IterationTimes, machine_summary, write_section
 from .bench_em_iteration import (
@@ -95,12 +98,16 @@ def _rows_predicted(block, params, names, dtype, start):
     return len(next(iter(predict_chunk(block, params, names, dtype, start).values())))
 
 
-def prediction_pass(model, X, chunk_rows=62_500, keep=False):
+def prediction_pass(model, X, chunk_rows=62_500, keep=False, runner="library"):
     """Seconds for labels, probabilities and scores of every row (one task per chunk).
 
     ``keep``: every chunk's outputs are held until the pass ends (80 MB at 1M rows,
     K=8), so the pass also pays for fresh memory pages, which depends on the
     allocator's state; otherwise each chunk's are released, as the CLI does.
+    ``runner``: ``'library'`` runs the tasks as an EM iteration's pass over blocks
+    in memory runs (``_compute.compute_delayed``), so that the two differ only in
+    their work; ``'dask.compute'`` hands them to ``dask.compute``, which tokenises
+    and optimises the graph first.
     """
     params = model._current_params()
     task = predict_chunk if keep else _rows_predicted
@@ -109,8 +116,11 @@ def prediction_pass(model, X, chunk_rows=62_500, keep=False):
     best = np.inf
     for _ in range(3):
         began = time.perf_counter()
-        with one_blas_thread():
-            dask.compute(*tasks, scheduler="threads")
+        if runner == "library":
+            compute_delayed(tasks)
+        else:
+            with one_blas_thread():
+                dask.compute(*tasks, scheduler="threads")
         best = min(best, time.perf_counter() - began)
     return best
 
@@ -127,33 +137,75 @@ def versus_kmeans(n_samples, quick):
     lloyd = lloyd_iteration(X, 8)
     print(f"Lloyd iteration: {lloyd:.4f}s", flush=True)
     rows = []
+    methods = []
     for covariance_type in COVARIANCE_TYPES:
         inits = starting_point(X, means, covariance_type)
         seconds, model = em_iteration(X, 8, covariance_type, inits)
+        methods.append((covariance_type, prediction_methods(model, X)))
         predict = prediction_pass(model, X)
+        generic = prediction_pass(model, X, runner="dask.compute")
         kept = prediction_pass(model, X, keep=True)
-        rows.append((covariance_type, seconds, predict, kept))
+        rows.append((covariance_type, seconds, predict, generic, kept))
         print(f"{covariance_type:9s} EM {seconds:.4f}s = {seconds / lloyd:.2f}x Lloyd; "
               f"prediction pass {predict:.4f}s = {predict / seconds:.2f}x an iteration "
-              f"(outputs kept: {kept:.4f}s)", flush=True)
+              f"(dask.compute: {generic:.4f}s, outputs kept: {kept:.4f}s)", flush=True)
     lines = [
         f"N={n_samples:,}, D=16, K=8, numpy input, threaded scheduler. One Lloyd iteration "
         f"of scikit-learn's KMeans: **{lloyd * 1e3:.1f} ms**. Targets (issue 16): EM "
         "iteration full <= 4x, tied <= 2.5x, diag and spherical <= 2x a Lloyd iteration; "
         "a prediction pass (labels + probabilities + scores) <= 1.2x an EM iteration. "
-        "The pass releases each chunk's outputs as `dask-gmm predict` does once they are "
-        "written; the last columns hold every chunk's outputs to the end of the pass "
-        "(80 MB of fresh memory pages, a cost that moves with the allocator's state).",
+        "The pass runs its chunk tasks as an EM iteration's pass over blocks in memory runs "
+        "(straight to dask's threaded scheduler) and releases each chunk's outputs as "
+        "`dask-gmm predict` does once they are written. The next columns hand the same "
+        "tasks to `dask.compute` (which tokenises and optimises the graph first); the "
+        "last hold every chunk's outputs to the end of the pass (80 MB of fresh memory "
+        "pages, a cost that moves with the allocator's state).",
         "",
         "| covariance | EM ms/iter | x Lloyd | target | prediction pass ms | x EM iteration "
-        "| outputs kept: ms | x EM iteration |",
-        "|---|---|---|---|---|---|---|---|",
+        "| via dask.compute: ms | x EM iteration | outputs kept: ms | x EM iteration |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for covariance_type, seconds, predict, kept in rows:
+    for covariance_type, seconds, predict, generic, kept in rows:
         lines.append(f"| {covariance_type} | {seconds * 1e3:.1f} | {seconds / lloyd:.2f} | "
                      f"<= {TARGETS[covariance_type]} | {predict * 1e3:.1f} | "
-                     f"{predict / seconds:.2f} | {kept * 1e3:.1f} | {kept / seconds:.2f} |")
+                     f"{predict / seconds:.2f} | {generic * 1e3:.1f} | "
+                     f"{generic / seconds:.2f} | {kept * 1e3:.1f} | {kept / seconds:.2f} |")
+    lines += [
+        "",
+        "The estimator's own methods on the same numpy array (each a pass of its own; "
+        "checked input, a new output array), against scikit-learn's with the same "
+        "parameters (`persistence.to_sklearn`): ms, best of 3, and the ratio.",
+        "",
+        "| covariance | " + " | ".join(f"{name} ms | x scikit-learn"
+                                       for name in PREDICTION_METHODS) + " |",
+        "|---|" + "---|---|" * len(PREDICTION_METHODS),
+    ]
+    for covariance_type, timings in methods:
+        lines.append(f"| {covariance_type} | " + " | ".join(
+            f"{ours * 1e3:.1f} | {ours / theirs:.2f}" for ours, theirs in timings) + " |")
     return lines
+
+
+PREDICTION_METHODS = ("predict", "predict_proba", "score_samples")
+
+
+def prediction_methods(model, X, repeats=3):
+    """``(ours, scikit-learn's)`` best seconds of each of PREDICTION_METHODS on ``X``."""
+    twin = to_sklearn(model)
+    timings = []
+    for name in PREDICTION_METHODS:
+        best = {}
+        for who, estimator in (("ours", model), ("theirs", twin)):
+            runs = []
+            for _ in range(repeats):
+                began = time.perf_counter()
+                getattr(estimator, name)(X)
+                runs.append(time.perf_counter() - began)
+            best[who] = min(runs)
+        timings.append((best["ours"], best["theirs"]))
+        print(f"  {name}: ours {best['ours'] * 1e3:.1f} ms, scikit-learn "
+              f"{best['theirs'] * 1e3:.1f} ms", flush=True)
+    return timings
 
 
 def versus_matmul(n_samples, rate):
