@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 from sklearn.utils.estimator_checks import check_estimator
 
-from dask_gmm import GaussianMixture, _predict
+from dask_gmm import BayesianGaussianMixture, GaussianMixture, _predict
 
 from .helpers import COVARIANCE_TYPES, as_dask, blobs, count_computes, reference_inits
 
@@ -64,14 +64,15 @@ def _numpy_outputs(gm, X):
     return gm.predict(X), gm.predict_proba(X), gm.score_samples(X)
 
 
+@pytest.mark.parametrize("estimator", [GaussianMixture, BayesianGaussianMixture])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_many_numpy_rows_are_predicted_in_row_tasks_on_dask_threads(
-        monkeypatch, covariance_type, dtype):
+        monkeypatch, covariance_type, dtype, estimator):
     """Rows in memory enough for two tasks run as one dask round of row tasks (the
     last one ragged), and give what one pass over all the rows gives."""
     X = blobs(1050, dtype=dtype)[0]
-    gm = GaussianMixture(4, covariance_type=covariance_type, random_state=0).fit(X)
+    gm = estimator(n_components=4, covariance_type=covariance_type, random_state=0).fit(X)
     monkeypatch.setattr(_predict, "MEMORY_TASK_ROWS", 100)
     with dask.config.set(scheduler="sync"), count_computes() as rounds:
         serial = _numpy_outputs(gm, X)  # dask would not run on its threads: one pass
