@@ -164,9 +164,10 @@ def rows_in_memory_outputs(X, params, names, dtype, nan_policy="raise"):
     Rows enough for two tasks of ``MEMORY_TASK_ROWS`` are cut into such tasks,
     run on dask's threaded scheduler (BLAS held to one thread), each writing its
     rows of arrays made once; otherwise, or when dask would not run on its
-    threads (another scheduler, a distributed client), one pass here. A row
-    that is not finite under 'raise' is reported as the one pass would report
-    it: the first task in row order that fails gives the error.
+    threads (another scheduler, a distributed client), one pass here. A row the
+    kernels reject (one too large to square, under 'raise') is reported as the
+    one pass would report it: the first task in row order that fails gives the
+    error.
 
     Parameters
     ----------
