@@ -87,5 +87,10 @@ def compute_delayed(delayed):
     graph = {}
     for d in delayed:
         graph.update(d.dask)
+    return list(threaded_get(graph, [d.key for d in delayed]))
+
+
+def threaded_get(graph, keys):
+    """``dask.threaded.get(graph, keys)`` with BLAS held to one thread meanwhile."""
     with one_blas_thread():
-        return list(dask.threaded.get(graph, [d.key for d in delayed]))
+        return dask.threaded.get(graph, keys)

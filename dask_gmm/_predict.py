@@ -10,7 +10,6 @@ route, kept as the reference the kernel is tested against.
 
 from __future__ import annotations
 
-import dask.threaded
 import numpy as np
 
 from ._estep import (
@@ -73,6 +72,18 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="rais
     return log_resp, log_norm
 
 
+def new_outputs(n, n_components, names, dtype):
+    """Arrays for the outputs ``names`` of ``n`` rows, in :func:`row_outputs`' order.
+
+    ``labels`` (n,) int64, ``proba`` (n, K) and ``score_samples`` (n,) in ``dtype``;
+    not filled.
+    """
+    shapes = {"labels": ((n,), np.int64), "proba": ((n, n_components), dtype),
+              "score_samples": ((n,), dtype)}
+    return {name: np.empty(shape, kind) for name, (shape, kind) in shapes.items()
+            if name in names}
+
+
 def row_outputs(X, params, names, dtype, nan_policy="raise", place=None, out=None):
     """Labels, probabilities and log-likelihoods of a block of rows, from one pass.
 
@@ -105,19 +116,13 @@ def row_outputs(X, params, names, dtype, nan_policy="raise", place=None, out=Non
     n, n_features = X.shape
     place = place or RowPlace()
     shift = chunk_shift(X)
+    if out is None:
+        out = new_outputs(n, len(params.weights), names, dtype)
     # Under 'raise' every row is written (a NaN is an error); otherwise rows left
     # out keep the fill values.
-    shapes = {"labels": ((n,), np.int64, -1),
-              "proba": ((n, len(params.weights)), dtype, np.nan),
-              "score_samples": ((n,), dtype, np.nan)}
-    if out is None:
-        out = {name: np.empty(shape, kind) for name, (shape, kind, _) in shapes.items()
-               if name in names}
-    else:
-        out = {name: out[name] for name in shapes if name in names}
     if nan_policy != "raise":
         for name, value in out.items():
-            value.fill(shapes[name][2])
+            value.fill(-1 if name == "labels" else np.nan)
     # Under 'raise' the kernel checks the rows as it reads them (their sum of
     # squares; see chunk_pass), so a block can be large: few hand-overs of the GIL.
     kernel_checks = nan_policy == "raise"
@@ -180,15 +185,12 @@ def rows_in_memory_outputs(X, params, names, dtype, nan_policy="raise"):
     dict
         As :func:`row_outputs`.
     """
-    from ._compute import one_blas_thread, runs_on_dask_threads
+    from ._compute import runs_on_dask_threads, threaded_get
 
     n = X.shape[0]
     if n < 2 * MEMORY_TASK_ROWS or not runs_on_dask_threads():
         return row_outputs(X, params, names, dtype, nan_policy)
-    out = {"labels": np.empty(n, np.int64),
-           "proba": np.empty((n, len(params.weights)), dtype),
-           "score_samples": np.empty(n, dtype)}
-    out = {name: value for name, value in out.items() if name in names}
+    out = new_outputs(n, len(params.weights), names, dtype)
 
     def task(start):
         stop = min(start + MEMORY_TASK_ROWS, n)
@@ -201,8 +203,7 @@ def rows_in_memory_outputs(X, params, names, dtype, nan_policy="raise"):
 
     graph = {("dask-gmm-rows", i): (task, start)
              for i, start in enumerate(range(0, n, MEMORY_TASK_ROWS))}
-    with one_blas_thread():
-        errors = dask.threaded.get(graph, sorted(graph))
+    errors = threaded_get(graph, sorted(graph))
     for error in errors:
         if error is not None:
             raise error
