@@ -72,16 +72,25 @@ def log_resp_and_norm(X, params, row_start=0, chunk_index=None, nan_policy="rais
     return log_resp, log_norm
 
 
-def new_outputs(n, n_components, names, dtype):
-    """Arrays for the outputs ``names`` of ``n`` rows, in :func:`row_outputs`' order.
+def output_shapes(n, n_components, names, dtype):
+    """Shape and dtype of each output in ``names``, in :func:`row_outputs`' order.
 
-    ``labels`` (n,) int64, ``proba`` (n, K) and ``score_samples`` (n,) in ``dtype``;
-    not filled.
+    ``labels`` (n,) int64, ``proba`` (n, K) and ``score_samples`` (n,) in ``dtype``.
+
+    Returns
+    -------
+    dict of str to (tuple, numpy.dtype)
     """
-    shapes = {"labels": ((n,), np.int64), "proba": ((n, n_components), dtype),
-              "score_samples": ((n,), dtype)}
-    return {name: np.empty(shape, kind) for name, (shape, kind) in shapes.items()
-            if name in names}
+    shapes = {"labels": ((n,), np.dtype(np.int64)),
+              "proba": ((n, n_components), np.dtype(dtype)),
+              "score_samples": ((n,), np.dtype(dtype))}
+    return {name: shape for name, shape in shapes.items() if name in names}
+
+
+def new_outputs(n, n_components, names, dtype):
+    """Arrays (not filled) for the outputs ``names`` of ``n`` rows (see :func:`output_shapes`)."""
+    return {name: np.empty(shape, kind)
+            for name, (shape, kind) in output_shapes(n, n_components, names, dtype).items()}
 
 
 def row_outputs(X, params, names, dtype, nan_policy="raise", place=None, out=None):

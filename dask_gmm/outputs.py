@@ -28,7 +28,7 @@ from . import paths
 from ._compute import one_blas_thread
 from ._engine import join_features
 from ._estep import RowPlace
-from ._predict import row_outputs
+from ._predict import output_shapes, row_outputs
 from ._xarray import xarray_kind
 
 logger = logging.getLogger(__name__)
@@ -89,13 +89,6 @@ def _write_zarr_chunk(block, params, names, dtype, path, row_start, chunk_index,
     for name, value in values.items():
         group[name][row_start:stop] = value
     return len(block)
-
-
-def _shapes(n_samples, n_components, names, dtype):
-    shapes = {"labels": ((n_samples,), np.dtype(np.int64)),
-              "proba": ((n_samples, n_components), np.dtype(dtype)),
-              "score_samples": ((n_samples,), np.dtype(dtype))}
-    return {name: shapes[name] for name in names}
 
 
 def _create_zarr(path, shapes, chunk_rows, source):
@@ -168,7 +161,7 @@ def write_predictions(model, X, path, names=("labels",), chunk_rows=None, overwr
     row_chunks = X.chunks[0]
     params = model._current_params()
     dtype = model.means_.dtype
-    shapes = _shapes(X.shape[0], len(params.weights), names, dtype)
+    shapes = output_shapes(X.shape[0], len(params.weights), names, dtype)
     starts = np.concatenate([[0], np.cumsum(row_chunks)[:-1]]).astype(int)
     blocks = X.to_delayed().ravel()
     with paths.atomic_output(path, overwrite, paths.PREDICTIONS) as temporary:
